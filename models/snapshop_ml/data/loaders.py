@@ -172,11 +172,9 @@ def write_csv_manifest(
             if r.split not in SPLITS:
                 raise DatasetError(f"{where}unknown split {r.split!r}")
             tags = _check_tags(r.tags, where)
-            p = Path(r.path)
-            if not p.is_absolute():
-                p = base / p
+            p = Path(r.path).resolve()  # records hold absolute paths; a relative one is taken from the cwd
             try:
-                rel = Path(os.path.relpath(p.resolve(), base)).as_posix()
+                rel = Path(os.path.relpath(p, base)).as_posix()
             except ValueError:  # another drive (Windows)
                 rel = p.resolve().as_posix()
             writer.writerow([rel, r.product_id, r.domain, r.split, ";".join(tags)])
@@ -236,6 +234,8 @@ def load_deepfashion_consumer2shop(root: str | os.PathLike, check_images: bool =
     bbox_path = root / "Anno" / "list_bbox_consumer2shop.txt"
     attr_cloth_path = root / "Anno" / "list_attr_cloth.txt"
     attr_items_path = root / "Anno" / "list_attr_items.txt"
+    if not part_path.is_file():
+        raise DatasetError(f"{part_path}: file not found (not a DeepFashion Consumer-to-shop root?)")
 
     # bounding boxes (optional)
     bboxes: dict[str, tuple[str, str, tuple[int, int, int, int]]] = {}

@@ -1061,7 +1061,7 @@ def generate(out: str | os.PathLike, seed: int = 0, scale: float = 1.0, workers:
              knobs: Knobs | None = None, quiet: bool = False) -> dict:
     """Generate the benchmark into ``out`` (images/, manifest.csv, stats.json); returns the stats."""
     knobs = knobs or Knobs()
-    out = Path(out)
+    out = Path(out).resolve()
     plan = Plan.make(seed, scale, knobs)
     if (out / "images").exists():
         shutil.rmtree(out / "images")
