@@ -132,9 +132,11 @@ def rerank_keys(
 
 def evaluate_model(
     model: YNet, es: EvalSet, cache: ActivationCache, cache_is_shared: bool, vocab: Sequence[str] | None, rerank: bool
-) -> dict[str, float]:
-    """P@K of one trained model on one split (first pass, or first pass + re-rank)."""
+) -> dict[str, dict[str, float]]:
+    """P@K of one trained model on one split: {"first_pass": ..., and "rerank": ... if asked}."""
     maps, user, shop = model_embeddings(model, es, cache, cache_is_shared, vocab)
     first = (user @ shop.T).double().numpy()
-    keys = rerank_keys(model, maps, first, shop) if rerank else first
-    return p_at_k(keys, es.query_products, es.gallery_products)
+    out = {"first_pass": p_at_k(first, es.query_products, es.gallery_products)}
+    if rerank:
+        out["rerank"] = p_at_k(rerank_keys(model, maps, first, shop), es.query_products, es.gallery_products)
+    return out

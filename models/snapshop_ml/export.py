@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from PIL import Image
@@ -102,6 +103,31 @@ def _export(module: nn.Module, args: tuple, path: Path, spec: dict) -> None:
         module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
         opset_version=OPSET, do_constant_folding=True, dynamo=False,
     )
+    _stamp_shapes(path, spec)
+
+
+def _stamp_shapes(path: Path, spec: dict) -> None:
+    """Write the contract's shapes onto the graph's inputs and outputs.
+
+    The exporter leaves derived output dims symbolic (e.g. 'Divembedding_dim_1'); the service
+    checks fixed dims from the session metadata, so they must be concrete, and the dynamic ones
+    carry the contract's names (N, B, K).
+    """
+    model = onnx.load(str(path))
+    for value in list(model.graph.input) + list(model.graph.output):
+        shape = {**spec["inputs"], **spec["outputs"]}.get(value.name)
+        if shape is None:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        for d in shape:
+            dim = dims.add()
+            if isinstance(d, int):
+                dim.dim_value = d
+            else:
+                dim.dim_param = d
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def export_graphs(model: YNet, out: Path) -> None:

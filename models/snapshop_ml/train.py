@@ -51,9 +51,9 @@ class TrainConfig:
     attention_lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    steps_ynet: int = 150
-    steps_tag: int = 150
-    steps_ctx: int = 200
+    steps_ynet: int = 120
+    steps_tag: int = 120
+    steps_ctx: int = 150
     margin_ynet: float = 0.3
     margin_tag: float = 0.3
     margin_ctx: float = 0.5
@@ -257,10 +257,10 @@ def train(cfg: TrainConfig) -> dict:
         log.info("P@K %-28s %-4s %s", row, split, " ".join(f"@{k}={v:.3f}" for k, v in pk.items()))
 
     pretrained_top = pretrained_mobilenet_v2().features[FROZEN_STEM_BLOCKS:]
-    for split, es in sets.items():
-        q = pretrained_embeddings(pretrained_top, es.query_paths, stem)
-        g = pretrained_embeddings(pretrained_top, es.gallery_paths, stem)
-        record("pretrained", split, p_at_k((q @ g.T).double().numpy(), es.query_products, es.gallery_products))
+    es = sets["test"]
+    q = pretrained_embeddings(pretrained_top, es.query_paths, stem)
+    g = pretrained_embeddings(pretrained_top, es.gallery_paths, stem)
+    record("pretrained", "test", p_at_k((q @ g.T).double().numpy(), es.query_products, es.gallery_products))
 
     net_cfg = NetConfig(num_tags=len(vocab), embed_dim=cfg.embed_dim, input_size=cfg.input_size)
     sampler = Sampler(train_users, train_shops, cfg.seed)
@@ -268,8 +268,7 @@ def train(cfg: TrainConfig) -> dict:
     t0 = time.time()
     train_ynet(ynet, stem, sampler, cfg, "random")
     timings["ynet_s"] = round(time.time() - t0, 1)
-    for split, es in sets.items():
-        record("ynet", split, evaluate_model(ynet, es, stem, False, None, rerank=False))
+    record("ynet", "test", evaluate_model(ynet, sets["test"], stem, False, None, rerank=False)["first_pass"])
 
     shared = derived_cache(stem, ynet.shared[FROZEN_STEM_BLOCKS:])
     chains = {}
@@ -277,13 +276,13 @@ def train(cfg: TrainConfig) -> dict:
         t0 = time.time()
         tag = copy.deepcopy(ynet)
         train_tagynet(tag, shared, sampler, vocab, cfg, mode)
-        for split, es in sets.items():
-            record(f"tagynet{suffix}", split, evaluate_model(tag, es, shared, True, vocab, rerank=False))
+        record(f"tagynet{suffix}", "test", evaluate_model(tag, sets["test"], shared, True, vocab, False)["first_pass"])
         ctx = copy.deepcopy(tag)
         train_ctxynet(ctx, shared, sampler, train_shops, vocab, cfg, mode)
         for split, es in sets.items():
-            record(f"ctxynet{suffix}", split, evaluate_model(ctx, es, shared, True, vocab, rerank=True))
-            record(f"ctxynet{suffix} first pass", split, evaluate_model(ctx, es, shared, True, vocab, rerank=False))
+            pk = evaluate_model(ctx, es, shared, True, vocab, rerank=True)
+            record(f"ctxynet{suffix}", split, pk["rerank"])
+            record(f"ctxynet{suffix} first pass", split, pk["first_pass"])
         chains[mode] = (tag, ctx)
         timings[f"chain_{mode}_s"] = round(time.time() - t0, 1)
 

@@ -1,0 +1,114 @@
+"""Check and use an exported bundle from the command line, with onnxruntime only.
+
+    python -m snapshop_ml.bundle verify default
+    python -m snapshop_ml.bundle embed default photo.jpg                       # user branch
+    python -m snapshop_ml.bundle embed default shop.png --tags category:dress color:red
+
+`verify` re-hashes every file, loads the three graphs and checks their inputs and outputs against
+the manifest. Bad input (missing files, a malformed manifest, an unknown tag) ends with one line
+on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .export import FORMAT_VERSION, OnnxBundle, session, sha256
+from .preprocess import RESIZE_METHOD, ImageLoadError
+
+REQUIRED = ("format_version", "model_version", "input", "preprocess", "embedding_dim", "grid", "locations", "tags",
+            "graphs", "files")
+
+
+class BundleError(ValueError):
+    """The bundle is missing, malformed or inconsistent."""
+
+
+def read_manifest(bundle: Path) -> dict:
+    path = bundle / "manifest.json"
+    if not path.is_file():
+        raise BundleError(f"{path}: no manifest (is {bundle} a bundle directory?)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from exc
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise BundleError(f"{path}: missing field(s) {', '.join(missing)}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise BundleError(f"{path}: format_version {manifest['format_version']} (this pipeline reads {FORMAT_VERSION})")
+    if manifest["preprocess"].get("resize", {}).get("method") != RESIZE_METHOD:
+        raise BundleError(f"{path}: unknown resize method {manifest['preprocess'].get('resize')}")
+    if manifest["locations"] != manifest["grid"]["h"] * manifest["grid"]["w"]:
+        raise BundleError(f"{path}: locations {manifest['locations']} != grid h*w")
+    if manifest["tags"]["count"] != len(manifest["tags"]["vocabulary"]):
+        raise BundleError(f"{path}: tags.count disagrees with the vocabulary")
+    return manifest
+
+
+def verify(bundle: Path) -> dict:
+    """Hashes and graph signatures; returns the manifest when everything agrees."""
+    manifest = read_manifest(bundle)
+    for rel, meta in manifest["files"].items():
+        p = bundle / rel
+        if not p.is_file():
+            raise BundleError(f"{p}: listed in the manifest but missing")
+        if sha256(p) != meta["sha256"]:
+            raise BundleError(f"{p}: sha256 differs from the manifest")
+    for name, spec in manifest["graphs"].items():
+        sess = session(bundle / spec["file"])
+        for kind, actual in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
+            found = {t.name: [d if isinstance(d, int) else str(d) for d in t.shape] for t in actual}
+            for tensor, shape in spec[kind].items():
+                if tensor not in found:
+                    raise BundleError(f"{name}: {kind[:-1]} {tensor!r} missing (graph has {sorted(found)})")
+                fixed = [(i, d) for i, d in enumerate(shape) if isinstance(d, int)]
+                got = found[tensor]
+                if len(got) != len(shape) or any(got[i] != d for i, d in fixed):
+                    raise BundleError(f"{name}: {tensor} has shape {got}, the manifest says {shape}")
+    return manifest
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("verify", help="check hashes and graph signatures")
+    v.add_argument("bundle", type=Path)
+    e = sub.add_parser("embed", help="print an image's embedding as JSON")
+    e.add_argument("bundle", type=Path)
+    e.add_argument("image", type=Path)
+    e.add_argument("--tags", nargs="*", default=None, help="shop image tags (key:value); omit for a street photo")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "verify":
+            m = verify(args.bundle)
+            print(f"ok: {m['model_version']} ({len(m['files'])} files, {m['tags']['count']} tags)")
+            return 0
+        manifest = verify(args.bundle)
+        vocab = manifest["tags"]["vocabulary"]
+        onnx = OnnxBundle(args.bundle, vocab, manifest["input"]["height"])
+        if args.tags is None:
+            _, emb = onnx.embed_user(args.image)
+        else:
+            unknown = [t for t in args.tags if t not in vocab]
+            if unknown:
+                keys = sorted({t.split(":", 1)[0] for t in vocab})
+                raise BundleError(f"unknown tag(s) {', '.join(unknown)}; the vocabulary's keys are {', '.join(keys)}"
+                                  f" (python -m snapshop_ml.bundle verify {args.bundle} lists the bundle)")
+            emb = onnx.embed_shop(args.image, args.tags)
+        print(json.dumps({"model_version": manifest["model_version"], "embedding": np.round(emb, 6).tolist()}))
+        return 0
+    except (BundleError, ImageLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
