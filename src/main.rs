@@ -1,1 +1,145 @@
-fn main() {}
+//! The `snapshop` command line: `serve`, `eval` and `bench`. Thin: parsing and logging only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use snapshop::config::{Config, LogFormat, Overrides};
+use snapshop::search::Grouping;
+
+#[derive(Parser)]
+#[command(
+    name = "snapshop",
+    version,
+    about = "Product-image search: upload tagged products, search with phone photos"
+)]
+struct Cli {
+    /// Optional TOML config file (lowest-priority layer above the defaults).
+    #[arg(long, global = true, env = "SNAPSHOP_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service.
+    Serve {
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Measure P@K through the real ingest and search code on a labelled CSV manifest.
+    Eval {
+        #[command(flatten)]
+        overrides: Overrides,
+        /// CSV manifest: image,product_id,domain,split,tags.
+        #[arg(long, default_value = "data/street2shop/manifest.csv")]
+        manifest: PathBuf,
+        /// Split to evaluate.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Only the first N products of the split (in manifest order).
+        #[arg(long)]
+        limit_products: Option<usize>,
+        /// The K of P@K, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,5,10,20,50,100")]
+        k: Vec<usize>,
+        /// First-pass candidates re-ranked.
+        #[arg(long, default_value_t = 256)]
+        candidates: usize,
+        /// Rank shop images (as the pipeline's P@K does) or products.
+        #[arg(long, value_parser = parse_unit, default_value = "image")]
+        unit: Grouping,
+        /// Searches in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "eval-report.json")]
+        output: PathBuf,
+    },
+}
+
+fn parse_unit(s: &str) -> Result<Grouping, String> {
+    match s {
+        "image" => Ok(Grouping::Image),
+        "product" => Ok(Grouping::Product),
+        _ => Err("expected `image` or `product`".into()),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SNAPSHOP_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,ort=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = match &cli.command {
+        Command::Serve { overrides } | Command::Eval { overrides, .. } => overrides,
+    };
+    let config = match Config::load(cli.config.as_deref(), std::env::vars(), overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("snapshop: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("snapshop: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { .. } => {
+                let app = snapshop::Application::build(config).await?;
+                app.run_until(snapshop::app::shutdown_signal()).await
+            }
+            Command::Eval {
+                manifest,
+                split,
+                limit_products,
+                k,
+                candidates,
+                unit,
+                concurrency,
+                output,
+                ..
+            } => {
+                let opts = snapshop::eval::EvalOptions {
+                    manifest,
+                    split,
+                    limit_products,
+                    ks: k,
+                    candidates,
+                    unit,
+                    concurrency,
+                };
+                let report = snapshop::eval::run_in_temp_dir(config, &opts).await?;
+                print!("{}", snapshop::eval::table(&report));
+                std::fs::write(&output, serde_json::to_string_pretty(&report)?)?;
+                println!("report written to {}", output.display());
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("snapshop: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! The service's one typed configuration.
+//!
+//! Layers, later wins: built-in defaults, then an optional TOML file, then `SNAPSHOP_*`
+//! environment variables, then command-line flags. Nothing else in the crate reads the
+//! environment for settings; everything gets a `Config` (or a part of it).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with this prefix override config keys. Nested keys use a double
+/// underscore: `SNAPSHOP_SEARCH__MAX_K=50` sets `search.max_k`.
+pub const ENV_PREFIX: &str = "SNAPSHOP_";
+
+/// Variables with the prefix that are not config keys (read by clap or by logging).
+const ENV_NOT_KEYS: &[&str] = &["SNAPSHOP_CONFIG", "SNAPSHOP_LOG"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("invalid value {value:?} in environment variable {var}: {message}")]
+    Env {
+        var: String,
+        value: String,
+        message: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Where the models run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Root of everything the service persists: `snapshop.db`, `images/`, `index/`.
+    pub data_dir: PathBuf,
+    /// The model bundle directory (see `models/BUNDLE.md`).
+    pub bundle: PathBuf,
+    /// `cpu` or `cuda`; cuda falls back to CPU with a warning when it cannot be used.
+    pub device: DeviceKind,
+    /// Path of `libonnxruntime.so`; unset means `ORT_DYLIB_PATH`, then
+    /// `snapshop_inference::runtime::DEFAULT_DYLIB` (the pinned wheel in `./.venv`).
+    pub ort_dylib: Option<PathBuf>,
+    /// Intra-op threads per ONNX session; 0 lets ONNX Runtime choose.
+    pub intra_threads: usize,
+    /// Log format on stderr.
+    pub log_format: LogFormat,
+    pub limits: Limits,
+    pub search: SearchSettings,
+    pub queue: QueueSettings,
+    pub index: IndexSettings,
+}
+
+/// Request and image limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes (413 `payload_too_large` beyond).
+    pub max_body_bytes: usize,
+    /// Largest single image file, in bytes.
+    pub max_image_bytes: usize,
+    /// Largest decoded image, in pixels (413 `image_too_large` beyond), checked from the header
+    /// before decoding.
+    pub max_pixels: u64,
+    /// Longest decoded side, in pixels.
+    pub max_side: u32,
+    /// Most images in one product upload.
+    pub max_images_per_request: usize,
+    /// Whole-request timeout, in seconds (503 `timeout` beyond).
+    pub request_timeout_secs: u64,
+    /// Searches admitted at once; more get 503 `overloaded` at once.
+    pub max_concurrent_searches: usize,
+}
+
+/// Search defaults and bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchSettings {
+    /// Results returned when `k` is not given.
+    pub default_k: usize,
+    /// Largest `k` accepted.
+    pub max_k: usize,
+    /// First-pass candidates re-ranked when `candidates` is not given (the paper's 256).
+    pub default_candidates: usize,
+    /// Largest `candidates` accepted.
+    pub max_candidates: usize,
+}
+
+/// The inference queue in front of the ONNX sessions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Requests waiting at most; beyond, 503 `overloaded`.
+    pub capacity: usize,
+    /// Most images in one shop/user batch.
+    pub max_batch_images: usize,
+    /// Most queries in one re-rank batch.
+    pub max_batch_queries: usize,
+}
+
+/// The ANN index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexSettings {
+    pub max_connections: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+    /// Vectors kept in the exact "fresh" segment before a merge into the graph.
+    pub fresh_capacity: usize,
+    /// Filters that allow at most this fraction of the index are answered by an exact scan.
+    pub exact_filter_fraction: f32,
+    /// Rebuild the graph when this fraction of it is tombstoned.
+    pub rebuild_tombstone_fraction: f32,
+    /// Seconds between background maintenance checks.
+    pub maintain_interval_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            bundle: PathBuf::from("models/default"),
+            device: DeviceKind::Cpu,
+            ort_dylib: None,
+            intra_threads: 0,
+            log_format: LogFormat::Text,
+            limits: Limits::default(),
+            search: SearchSettings::default(),
+            queue: QueueSettings::default(),
+            index: IndexSettings::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 32 * 1024 * 1024,
+            max_image_bytes: 25 * 1024 * 1024,
+            max_pixels: 50_000_000,
+            max_side: 12_000,
+            max_images_per_request: 32,
+            request_timeout_secs: 60,
+            max_concurrent_searches: 64,
+        }
+    }
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        Self {
+            default_k: 20,
+            max_k: 100,
+            default_candidates: 256,
+            max_candidates: 1024,
+        }
+    }
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            capacity: 256,
+            max_batch_images: 16,
+            max_batch_queries: 8,
+        }
+    }
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            ef_construction: 200,
+            ef_search: 512,
+            fresh_capacity: 4096,
+            exact_filter_fraction: 0.2,
+            rebuild_tombstone_fraction: 0.2,
+            maintain_interval_secs: 30,
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers in force.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Address to listen on, e.g. 0.0.0.0:8080.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (database, image files, index snapshot).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Model bundle directory.
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// Device for the models.
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceKind>,
+    /// Path of libonnxruntime.so.
+    #[arg(long)]
+    pub ort_dylib: Option<PathBuf>,
+    /// Intra-op threads per ONNX session (0 = ONNX Runtime's choice).
+    #[arg(long)]
+    pub intra_threads: Option<usize>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Builds the configuration from all layers: defaults, `file`, `env`, `overrides`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut value = toml::Value::try_from(Config::default())
+            .expect("the default config serialises; this is a bug");
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let layer: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            merge(&mut value, toml::Value::Table(layer));
+            // Check the file on its own so that its errors name the file.
+            Config::deserialize(value.clone()).map_err(|e| ConfigError::File {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        }
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !ENV_NOT_KEYS.contains(&k.as_str()))
+            .collect();
+        env.sort();
+        for (var, raw) in env {
+            apply_env(&mut value, &var, &raw)?;
+        }
+        let mut config =
+            Config::deserialize(value).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = o.listen {
+            self.listen = v;
+        }
+        if let Some(v) = &o.data_dir {
+            self.data_dir = v.clone();
+        }
+        if let Some(v) = &o.bundle {
+            self.bundle = v.clone();
+        }
+        if let Some(v) = o.device {
+            self.device = v;
+        }
+        if let Some(v) = &o.ort_dylib {
+            self.ort_dylib = Some(v.clone());
+        }
+        if let Some(v) = o.intra_threads {
+            self.intra_threads = v;
+        }
+        if let Some(v) = o.log_format {
+            self.log_format = v;
+        }
+    }
+
+    /// Rejects settings that cannot work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.search;
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if s.default_k == 0 || s.default_k > s.max_k {
+            return bad("search.default_k must be between 1 and search.max_k");
+        }
+        if s.default_candidates == 0 || s.default_candidates > s.max_candidates {
+            return bad("search.default_candidates must be between 1 and search.max_candidates");
+        }
+        if self.limits.max_body_bytes == 0 || self.limits.max_image_bytes == 0 {
+            return bad("limits.max_body_bytes and limits.max_image_bytes must be positive");
+        }
+        if self.limits.max_concurrent_searches == 0 || self.queue.capacity == 0 {
+            return bad("limits.max_concurrent_searches and queue.capacity must be positive");
+        }
+        if self.queue.max_batch_images == 0 || self.queue.max_batch_queries == 0 {
+            return bad("queue batch sizes must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.index.exact_filter_fraction)
+            || !(0.0..=1.0).contains(&self.index.rebuild_tombstone_fraction)
+        {
+            return bad("index fractions must lie in [0, 1]");
+        }
+        Ok(())
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("snapshop.db")
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.data_dir.join("images")
+    }
+
+    pub fn index_dir(&self) -> PathBuf {
+        self.data_dir.join("index")
+    }
+}
+
+fn merge(base: &mut toml::Value, layer: toml::Value) {
+    match (base, layer) {
+        (toml::Value::Table(b), toml::Value::Table(l)) => {
+            for (k, v) in l {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, l) => *b = l,
+    }
+}
+
+/// Sets one key from `SNAPSHOP_A__B=raw`, parsed as the type the key already has.
+fn apply_env(value: &mut toml::Value, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError::Env {
+        var: var.to_owned(),
+        value: raw.to_owned(),
+        message,
+    };
+    let path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    let mut table = value
+        .as_table_mut()
+        .expect("config is a table; this is a bug");
+    for (i, key) in path.iter().enumerate() {
+        let last = i + 1 == path.len();
+        if last {
+            let parsed = match table.get(key) {
+                Some(toml::Value::Integer(_)) => raw
+                    .trim()
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|e| err(e.to_string()))?,
+                Some(toml::Value::Float(_)) => raw
+                    .trim()
+                    .parse::<f64>()
+                    .map(toml::Value::Float)
+                    .map_err(|e| err(e.to_string()))?,
+                Some(toml::Value::Boolean(_)) => raw
+                    .trim()
+                    .parse::<bool>()
+                    .map(toml::Value::Boolean)
+                    .map_err(|e| err(e.to_string()))?,
+                Some(toml::Value::Table(_)) => {
+                    return Err(err("names a section, not a key".into()));
+                }
+                // Strings, and optional keys that are unset (only string-valued ones exist).
+                _ => toml::Value::String(raw.to_owned()),
+            };
+            table.insert(key.clone(), parsed);
+        } else {
+            table = match table.get_mut(key) {
+                Some(toml::Value::Table(t)) => t,
+                _ => return Err(err(format!("no config section `{key}`"))),
+            };
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, Vec::new(), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.search.default_candidates, 256);
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("snapshop.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/from/file\"\nbundle = \"/bundle/file\"\n[search]\nmax_k = 50\ndefault_k = 10\n[index]\nef_search = 100\n",
+        )
+        .unwrap();
+        let e = env(&[
+            ("SNAPSHOP_DATA_DIR", "/from/env"),
+            ("SNAPSHOP_SEARCH__MAX_K", "60"),
+            ("SNAPSHOP_INDEX__EXACT_FILTER_FRACTION", "0.25"),
+            ("SNAPSHOP_ORT_DYLIB", "/lib/ort.so"),
+            ("SNAPSHOP_CONFIG", "ignored"),
+            ("OTHER", "ignored"),
+        ]);
+        let o = Overrides {
+            data_dir: Some("/from/flag".into()),
+            device: Some(DeviceKind::Cuda),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&file), e, &o).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(c.bundle, PathBuf::from("/bundle/file"));
+        assert_eq!(c.search.max_k, 60);
+        assert_eq!(c.search.default_k, 10);
+        assert_eq!(c.index.ef_search, 100);
+        assert_eq!(c.index.exact_filter_fraction, 0.25);
+        assert_eq!(c.ort_dylib, Some(PathBuf::from("/lib/ort.so")));
+        assert_eq!(c.device, DeviceKind::Cuda);
+    }
+
+    #[test]
+    fn bad_layers_are_reported() {
+        let e = env(&[("SNAPSHOP_SEARCH__MAX_K", "many")]);
+        let err = Config::load(None, e, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("SNAPSHOP_SEARCH__MAX_K"), "{err}");
+
+        let e = env(&[("SNAPSHOP_NO_SUCH_KEY", "1")]);
+        assert!(Config::load(None, e, &Overrides::default()).is_err());
+
+        let e = env(&[("SNAPSHOP_NOPE__KEY", "1")]);
+        assert!(Config::load(None, e, &Overrides::default()).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[search]\nmax_kk = 3\n").unwrap();
+        let err = Config::load(Some(&file), Vec::new(), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("bad.toml"), "{err}");
+
+        let e = env(&[("SNAPSHOP_SEARCH__DEFAULT_K", "500")]);
+        assert!(matches!(
+            Config::load(None, e, &Overrides::default()),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,372 @@
+//! `snapshop eval`: the paper's P@K through the service's own ingest and search code.
+//!
+//! The gallery (every `shop` image of the split, distractor products included) is ingested with
+//! the real ingest pipeline into a temporary data directory; every `user` image of the split is
+//! then a query through the real search pipeline. A query is a hit at K when an image of its
+//! product is among the top K results, with the first pass alone and with the CtxYNet re-rank.
+//! This is how the Rust path is held to the Python pipeline's figures.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::ingest::{self, NewProduct};
+use crate::search::filter::TagFilter;
+use crate::search::{self, Grouping, SearchOptions};
+use crate::state::AppState;
+
+/// One row of the CSV manifest (`image,product_id,domain,split,tags`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestRow {
+    pub image: PathBuf,
+    pub product_id: String,
+    pub domain: String,
+    pub split: String,
+    pub tags: Vec<String>,
+}
+
+/// Reads the manifest; `image` paths are resolved against the CSV's directory.
+pub fn read_manifest(path: &Path) -> anyhow::Result<Vec<ManifestRow>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the manifest {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse_manifest(&text, base).with_context(|| format!("in {}", path.display()))
+}
+
+pub fn parse_manifest(text: &str, base: &Path) -> anyhow::Result<Vec<ManifestRow>> {
+    let mut lines = text.lines().enumerate();
+    let Some((_, header)) = lines.next() else {
+        bail!("the manifest is empty");
+    };
+    let columns: Vec<&str> = header.trim().split(',').map(str::trim).collect();
+    let col = |name: &str| {
+        columns.iter().position(|c| *c == name).with_context(|| {
+            format!(
+                "the header has no `{name}` column (expected image,product_id,domain,split,tags)"
+            )
+        })
+    };
+    let (ci, cp, cd, cs, ct) = (
+        col("image")?,
+        col("product_id")?,
+        col("domain")?,
+        col("split")?,
+        col("tags")?,
+    );
+    let mut rows = Vec::new();
+    for (n, line) in lines {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').collect();
+        if fields.len() != columns.len() {
+            bail!(
+                "line {}: {} fields, expected {}",
+                n + 1,
+                fields.len(),
+                columns.len()
+            );
+        }
+        let domain = fields[cd].trim().to_owned();
+        if domain != "user" && domain != "shop" {
+            bail!("line {}: domain `{domain}` is neither user nor shop", n + 1);
+        }
+        rows.push(ManifestRow {
+            image: base.join(fields[ci].trim()),
+            product_id: fields[cp].trim().to_owned(),
+            domain,
+            split: fields[cs].trim().to_owned(),
+            tags: fields[ct]
+                .split(';')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        });
+    }
+    Ok(rows)
+}
+
+/// A query's 0-based rank of its product: (first pass, re-rank).
+type Ranks = (Option<usize>, Option<usize>);
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub manifest: PathBuf,
+    pub split: String,
+    pub limit_products: Option<usize>,
+    pub ks: Vec<usize>,
+    /// First-pass candidates re-ranked (the paper's 256).
+    pub candidates: usize,
+    /// Rank images (as the pipeline's P@K does) or products.
+    pub unit: Grouping,
+    /// Searches and uploads in flight at once (lets the inference queue batch).
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub model_version: String,
+    pub device: String,
+    pub manifest: String,
+    pub split: String,
+    pub unit: Grouping,
+    pub candidates: usize,
+    pub k: Vec<usize>,
+    pub queries: usize,
+    pub gallery_products: usize,
+    pub gallery_images: usize,
+    /// P@K by K, first pass only (TagYNet shop embeddings vs the mean-pooled query).
+    pub first_pass: BTreeMap<String, f64>,
+    /// P@K by K after the CtxYNet re-rank of the first `candidates`.
+    pub rerank: BTreeMap<String, f64>,
+    /// The pipeline's figures from the bundle manifest, when it has them.
+    pub pipeline: serde_json::Value,
+    pub ingest_seconds: f64,
+    pub search_seconds: f64,
+}
+
+/// Runs the evaluation on a state built over a fresh data directory.
+pub async fn run(state: &AppState, opts: &EvalOptions) -> anyhow::Result<EvalReport> {
+    if opts.ks.is_empty() || opts.ks.contains(&0) {
+        bail!("--k needs positive values");
+    }
+    let max_k = *opts.ks.iter().max().expect("ks is not empty");
+    if opts.candidates < max_k {
+        bail!(
+            "--candidates ({}) must be at least the largest K ({max_k})",
+            opts.candidates
+        );
+    }
+    let rows = read_manifest(&opts.manifest)?;
+    let mut rows: Vec<ManifestRow> = rows.into_iter().filter(|r| r.split == opts.split).collect();
+    if rows.is_empty() {
+        bail!("the manifest has no rows of split `{}`", opts.split);
+    }
+    if let Some(limit) = opts.limit_products {
+        let mut keep: Vec<&str> = Vec::new();
+        for r in &rows {
+            if !keep.contains(&r.product_id.as_str()) {
+                if keep.len() == limit {
+                    continue;
+                }
+                keep.push(&r.product_id);
+            }
+        }
+        let keep: BTreeSet<String> = keep.into_iter().map(str::to_owned).collect();
+        rows.retain(|r| keep.contains(&r.product_id));
+    }
+
+    // Gallery: every shop image, grouped by product in manifest order.
+    let mut order: Vec<String> = Vec::new();
+    let mut gallery: HashMap<String, (BTreeSet<String>, Vec<PathBuf>)> = HashMap::new();
+    for r in rows.iter().filter(|r| r.domain == "shop") {
+        let entry = gallery.entry(r.product_id.clone()).or_insert_with(|| {
+            order.push(r.product_id.clone());
+            Default::default()
+        });
+        entry.0.extend(r.tags.iter().cloned());
+        entry.1.push(r.image.clone());
+    }
+    let gallery_images: usize = gallery.values().map(|(_, f)| f.len()).sum();
+    let ingest_start = Instant::now();
+    let batch_limit = state.config.limits.max_images_per_request;
+    stream::iter(order.iter().map(|pid| {
+        let (tags, files) = &gallery[pid];
+        (
+            pid.clone(),
+            tags.iter().cloned().collect::<Vec<_>>(),
+            files.clone(),
+        )
+    }))
+    .map(|(pid, tags, files)| async move {
+        let mut bytes = Vec::with_capacity(files.len());
+        for f in &files {
+            let b = tokio::fs::read(f)
+                .await
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            bytes.push(Bytes::from(b));
+        }
+        let rest = if bytes.len() > batch_limit {
+            bytes.split_off(batch_limit)
+        } else {
+            Vec::new()
+        };
+        let product = NewProduct {
+            id: pid.clone(),
+            title: pid.clone(),
+            tags,
+            attributes: serde_json::json!({}),
+        };
+        ingest::create_product(state, "eval", product, bytes)
+            .await
+            .with_context(|| format!("ingesting product {pid}"))?;
+        for chunk in rest.chunks(batch_limit) {
+            ingest::add_images(state, "eval", &pid, chunk.to_vec())
+                .await
+                .with_context(|| format!("ingesting product {pid}"))?;
+        }
+        anyhow::Ok(())
+    })
+    .buffer_unordered(opts.concurrency.max(1))
+    .try_collect::<Vec<()>>()
+    .await?;
+    let ingest_seconds = ingest_start.elapsed().as_secs_f64();
+    tracing::info!(
+        products = order.len(),
+        images = gallery_images,
+        seconds = ingest_seconds,
+        "gallery ingested"
+    );
+
+    let queries: Vec<&ManifestRow> = rows.iter().filter(|r| r.domain == "user").collect();
+    if queries.is_empty() {
+        bail!("split `{}` has no user images to query with", opts.split);
+    }
+    let search_opts = SearchOptions {
+        k: max_k,
+        candidates: opts.candidates,
+        rerank: true,
+        filter: TagFilter::default(),
+        merchant: None,
+        explain: false,
+        group: opts.unit,
+    };
+    let search_start = Instant::now();
+    let ranks: Vec<Ranks> = stream::iter(queries.iter())
+        .map(|q| {
+            let search_opts = &search_opts;
+            async move {
+                let b = tokio::fs::read(&q.image)
+                    .await
+                    .with_context(|| format!("cannot read {}", q.image.display()))?;
+                let outcome = search::search(state, Bytes::from(b), search_opts)
+                    .await
+                    .with_context(|| format!("searching with {}", q.image.display()))?;
+                let rank = |by_rerank: bool| {
+                    outcome
+                        .top(max_k, opts.unit, by_rerank)
+                        .iter()
+                        .position(|c| c.product.external_id == q.product_id)
+                };
+                anyhow::Ok((rank(false), rank(outcome.reranked)))
+            }
+        })
+        .buffered(opts.concurrency.max(1))
+        .try_collect()
+        .await?;
+    let search_seconds = search_start.elapsed().as_secs_f64();
+
+    let p_at = |pick: fn(&Ranks) -> Option<usize>| {
+        opts.ks
+            .iter()
+            .map(|&k| {
+                let hits = ranks
+                    .iter()
+                    .filter(|r| pick(r).is_some_and(|p| p < k))
+                    .count();
+                (k.to_string(), hits as f64 / ranks.len() as f64)
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    Ok(EvalReport {
+        model_version: state.model_version().to_owned(),
+        device: state.device.to_owned(),
+        manifest: opts.manifest.display().to_string(),
+        split: opts.split.clone(),
+        unit: opts.unit,
+        candidates: opts.candidates,
+        k: opts.ks.clone(),
+        queries: ranks.len(),
+        gallery_products: order.len(),
+        gallery_images,
+        first_pass: p_at(|r| r.0),
+        rerank: p_at(|r| r.1),
+        pipeline: state.bundle.manifest.evaluation.clone(),
+        ingest_seconds,
+        search_seconds,
+    })
+}
+
+/// The report as a text table.
+pub fn table(r: &EvalReport) -> String {
+    let mut s = format!(
+        "P@K on split `{}`: {} queries, gallery {} images of {} products, model {} on {}, unit {:?}, re-rank top {}\n",
+        r.split, r.queries, r.gallery_images, r.gallery_products, r.model_version, r.device, r.unit, r.candidates
+    );
+    s.push_str(&format!("{:<12}", "K"));
+    for k in &r.k {
+        s.push_str(&format!("{k:>8}"));
+    }
+    s.push('\n');
+    for (name, row) in [("first pass", &r.first_pass), ("re-rank", &r.rerank)] {
+        s.push_str(&format!("{name:<12}"));
+        for k in &r.k {
+            s.push_str(&format!(
+                "{:>8.4}",
+                row.get(&k.to_string()).copied().unwrap_or(f64::NAN)
+            ));
+        }
+        s.push('\n');
+    }
+    s.push_str(&format!(
+        "ingest {:.1} s, search {:.1} s ({:.1} ms/query)\n",
+        r.ingest_seconds,
+        r.search_seconds,
+        1e3 * r.search_seconds / r.queries.max(1) as f64
+    ));
+    s
+}
+
+/// Builds a state over a temporary data directory and runs the evaluation.
+pub async fn run_in_temp_dir(mut config: Config, opts: &EvalOptions) -> anyhow::Result<EvalReport> {
+    let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
+    config.data_dir = dir.path().to_owned();
+    let state = crate::app::init_state(config).await?;
+    state
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
+    let report = run(&state, opts).await;
+    state.store.close().await;
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_parses() {
+        let text = "image,product_id,domain,split,tags\n\
+                    img/a.jpg,p1,shop,test,category:dress;color:red\n\
+                    img/b.jpg,p1,user,test,\n\r\n";
+        let rows = parse_manifest(text, Path::new("/data")).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].image, PathBuf::from("/data/img/a.jpg"));
+        assert_eq!(
+            rows[0].tags,
+            vec!["category:dress".to_string(), "color:red".to_string()]
+        );
+        assert!(rows[1].tags.is_empty());
+        assert_eq!(rows[1].domain, "user");
+        assert!(parse_manifest("a,b\n", Path::new(".")).is_err());
+        assert!(parse_manifest(
+            "image,product_id,domain,split,tags\nx,p,street,test,\n",
+            Path::new(".")
+        )
+        .is_err());
+        assert!(parse_manifest(
+            "image,product_id,domain,split,tags\nx,p,user\n",
+            Path::new(".")
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! Prometheus metrics: the recorder, bucket layout, and gauges refreshed at scrape time.
+//!
+//! Every metric is named `snapshop_*`; durations are histograms in seconds; HTTP metrics are
+//! labelled by the matched route, never the raw URL. The recorder is process-wide (installed
+//! once, even when tests start several servers in one process).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::state::AppState;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Installs the global recorder (once) and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets(SIZE_BUCKETS))
+                .expect("bucket lists are non-empty; this is a bug")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "snapshop_http_requests_total",
+        "HTTP requests by matched route, method and status"
+    );
+    describe_histogram!(
+        "snapshop_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by matched route"
+    );
+    describe_histogram!(
+        "snapshop_search_stage_duration_seconds",
+        Unit::Seconds,
+        "Search latency by stage (decode, embed, ann, rerank, total)"
+    );
+    describe_histogram!(
+        "snapshop_search_candidates",
+        "First-pass candidates per search"
+    );
+    describe_counter!("snapshop_errors_total", "Error responses by error code");
+    describe_gauge!(
+        "snapshop_index_vectors",
+        "Live vectors in the index by segment (graph, fresh)"
+    );
+    describe_gauge!(
+        "snapshop_index_tombstones",
+        "Removed or replaced points still in the graph"
+    );
+    describe_gauge!("snapshop_index_rebuilds", "Graph rebuilds since start-up");
+    describe_gauge!("snapshop_catalog_products", "Products in the catalogue");
+    describe_gauge!(
+        "snapshop_inference_queue_depth_current",
+        "Requests waiting in the inference queue at scrape time"
+    );
+    describe_gauge!(
+        "snapshop_model_info",
+        "The loaded model (labels: model_version, device, backbone)"
+    );
+}
+
+/// Refreshes the gauges that are read from state rather than pushed.
+pub fn refresh(state: &AppState) {
+    let stats = state.index.stats();
+    metrics::gauge!("snapshop_index_vectors", "segment" => "graph").set(stats.graph as f64);
+    metrics::gauge!("snapshop_index_vectors", "segment" => "fresh").set(stats.fresh as f64);
+    metrics::gauge!("snapshop_index_tombstones").set(stats.tombstones as f64);
+    metrics::gauge!("snapshop_index_rebuilds").set(stats.rebuilds as f64);
+    metrics::gauge!("snapshop_catalog_products").set(state.catalog.product_count() as f64);
+    metrics::gauge!("snapshop_inference_queue_depth_current").set(state.queue.queue_depth() as f64);
+}
+
+/// Sets the model info gauge.
+pub fn model_info(model_version: &str, device: &str, backbone: &str) {
+    metrics::gauge!(
+        "snapshop_model_info",
+        "model_version" => model_version.to_owned(),
+        "device" => device.to_owned(),
+        "backbone" => backbone.to_owned()
+    )
+    .set(1.0);
+}

@@ -1,0 +1,265 @@
+//! The search path of the paper's §4.1, for one photo:
+//! decode → user branch (features + mean-pooled embedding) → ANN first pass over the TagYNet
+//! shop embeddings (top N, after filters) → one CtxYNet re-rank call over all N candidates →
+//! group by product (best image wins) → top k.
+//!
+//! HTTP-free so that `snapshop eval` measures exactly this code. It must never block the async
+//! runtime: decoding and index calls go to the blocking pool, the models to the inference queue.
+
+pub mod filter;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+use snapshop_index::{Hit, IndexError, Key};
+use snapshop_inference::InferenceError;
+
+use crate::catalog::ProductEntry;
+use crate::images::{self, ImageError};
+use crate::state::AppState;
+use filter::TagFilter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{0}")]
+    Filter(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("inference failed: {0}")]
+    Inference(#[from] InferenceError),
+    #[error("index failed: {0}")]
+    Index(#[from] IndexError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// How results are grouped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grouping {
+    /// One result per product, its best-scoring image (the default).
+    #[default]
+    Product,
+    /// One result per shop image (used to compare with the pipeline's image-level P@K).
+    Image,
+}
+
+/// Validated search options.
+#[derive(Debug, Clone)]
+pub struct SearchOptions {
+    pub k: usize,
+    pub candidates: usize,
+    pub rerank: bool,
+    pub filter: TagFilter,
+    pub merchant: Option<String>,
+    pub explain: bool,
+    pub group: Grouping,
+}
+
+/// Per-stage wall time in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timings {
+    pub decode: f64,
+    pub embed: f64,
+    pub ann: f64,
+    pub rerank: f64,
+    pub total: f64,
+}
+
+/// Attention of the query's locations given one candidate, row-major over the `h × w` grid.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attention {
+    pub h: usize,
+    pub w: usize,
+    pub weights: Vec<f32>,
+}
+
+/// One first-pass candidate image.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub key: Key,
+    pub product: Arc<ProductEntry>,
+    pub image_id: i64,
+    /// 1-based rank in the first pass.
+    pub first_pass_rank: usize,
+    pub first_pass_score: f32,
+    /// CtxYNet score, when re-ranked.
+    pub rerank_score: Option<f32>,
+    pub attention: Option<Vec<f32>>,
+}
+
+impl Candidate {
+    /// The score the final order uses.
+    pub fn score(&self) -> f32 {
+        self.rerank_score.unwrap_or(self.first_pass_score)
+    }
+}
+
+/// Everything one search found: all candidates in first-pass order, and the timings.
+#[derive(Debug)]
+pub struct SearchOutcome {
+    pub candidates: Vec<Candidate>,
+    pub reranked: bool,
+    pub timings: Timings,
+    pub grid: (usize, usize),
+}
+
+impl SearchOutcome {
+    /// The final results: ordered by re-rank score (or first-pass score without re-rank),
+    /// grouped, truncated to `k`. Ties keep the first-pass order.
+    pub fn top(&self, k: usize, group: Grouping, by_rerank: bool) -> Vec<&Candidate> {
+        let score = |c: &Candidate| {
+            if by_rerank {
+                c.score()
+            } else {
+                c.first_pass_score
+            }
+        };
+        let mut order: Vec<&Candidate> = self.candidates.iter().collect();
+        order.sort_by(|a, b| {
+            score(b)
+                .total_cmp(&score(a))
+                .then(a.first_pass_rank.cmp(&b.first_pass_rank))
+        });
+        let mut out = Vec::with_capacity(k);
+        let mut seen: HashMap<i64, ()> = HashMap::new();
+        for c in order {
+            if out.len() == k {
+                break;
+            }
+            if group == Grouping::Product && seen.insert(c.product.id, ()).is_some() {
+                continue;
+            }
+            out.push(c);
+        }
+        out
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+fn record_stage(stage: &'static str, ms: f64) {
+    metrics::histogram!("snapshop_search_stage_duration_seconds", "stage" => stage)
+        .record(ms / 1e3);
+}
+
+/// Runs the whole search for one uploaded photo.
+#[tracing::instrument(skip_all, fields(bytes = image.len(), k = opts.k, candidates = opts.candidates, rerank = opts.rerank))]
+pub async fn search(
+    state: &AppState,
+    image: bytes::Bytes,
+    opts: &SearchOptions,
+) -> Result<SearchOutcome, SearchError> {
+    let start = Instant::now();
+    let t = Instant::now();
+    let prepared = images::prepare(state.preprocessor.clone(), image, state.image_limits).await?;
+    let decode = ms(t);
+    record_stage("decode", decode);
+    let mut outcome = search_prepared(state, prepared.tensor, opts).await?;
+    outcome.timings.decode = decode;
+    outcome.timings.total = ms(start);
+    record_stage("total", outcome.timings.total);
+    Ok(outcome)
+}
+
+/// The search from an already preprocessed query tensor.
+pub async fn search_prepared(
+    state: &AppState,
+    tensor: ndarray::Array3<f32>,
+    opts: &SearchOptions,
+) -> Result<SearchOutcome, SearchError> {
+    let mut timings = Timings::default();
+    let grid = state.bundle.grid();
+
+    let t = Instant::now();
+    let user = state.queue.embed_user(tensor).await?;
+    timings.embed = ms(t);
+    record_stage("embed", timings.embed);
+
+    let t = Instant::now();
+    let allowed = state
+        .catalog
+        .allowed(&opts.filter, opts.merchant.as_deref());
+    let hits: Vec<Hit> = if allowed.as_ref().is_some_and(|a| a.is_empty()) {
+        Vec::new()
+    } else {
+        let index = state.index.clone();
+        let n = opts.candidates;
+        let embedding = user.embedding;
+        tokio::task::spawn_blocking(move || index.search(&embedding, n, allowed.as_ref()))
+            .await
+            .map_err(|e| SearchError::Internal(format!("index task failed: {e}")))??
+    };
+    let mut candidates: Vec<Candidate> = Vec::with_capacity(hits.len());
+    for hit in hits {
+        // A key can disappear between the index and the catalogue (a concurrent delete).
+        if let Some((product, image_id)) = state.catalog.lookup(hit.key) {
+            candidates.push(Candidate {
+                key: hit.key,
+                product,
+                image_id,
+                first_pass_rank: candidates.len() + 1,
+                first_pass_score: hit.score,
+                rerank_score: None,
+                attention: None,
+            });
+        }
+    }
+    timings.ann = ms(t);
+    record_stage("ann", timings.ann);
+
+    let mut reranked = false;
+    if opts.rerank && !candidates.is_empty() {
+        let t = Instant::now();
+        let keys: Vec<Key> = candidates.iter().map(|c| c.key).collect();
+        let index = state.index.clone();
+        let vectors = tokio::task::spawn_blocking(move || index.vectors(&keys))
+            .await
+            .map_err(|e| SearchError::Internal(format!("index task failed: {e}")))?;
+        let dim = state.bundle.embedding_dim();
+        let mut kept = Vec::with_capacity(candidates.len());
+        let mut flat = Vec::with_capacity(candidates.len() * dim);
+        for (c, v) in candidates.into_iter().zip(vectors) {
+            if let Some(v) = v {
+                flat.extend_from_slice(&v);
+                kept.push(c);
+            }
+        }
+        candidates = kept;
+        if !candidates.is_empty() {
+            let matrix = Array2::from_shape_vec((candidates.len(), dim), flat)
+                .map_err(|e| SearchError::Internal(format!("candidate matrix: {e}")))?;
+            let out = state.queue.rerank(Arc::new(user.features), matrix).await?;
+            if out.scores.len() != candidates.len() {
+                return Err(SearchError::Internal(format!(
+                    "re-rank returned {} scores for {} candidates",
+                    out.scores.len(),
+                    candidates.len()
+                )));
+            }
+            for (i, c) in candidates.iter_mut().enumerate() {
+                c.rerank_score = Some(out.scores[i]);
+                if opts.explain {
+                    c.attention = Some(out.attention.row(i).to_vec());
+                }
+            }
+            reranked = true;
+        }
+        timings.rerank = ms(t);
+        record_stage("rerank", timings.rerank);
+    }
+    metrics::histogram!("snapshop_search_candidates").record(candidates.len() as f64);
+    Ok(SearchOutcome {
+        candidates,
+        reranked,
+        timings,
+        grid,
+    })
+}
