@@ -1,6 +1,7 @@
 """Figures for docs/benchmark.md.
 
-    python -m snapshop_ml.data.figures ../data/street2shop/manifest.csv --out ../docs/img/benchmark_grid.png
+    python -m snapshop_ml.data.figures ../data/street2shop/manifest.csv --out ../docs/img/benchmark_grid.png \
+        [--pk baseline.json --pk-out ../docs/img/benchmark_pk.png]
 
 Draws a few products of one split: shop photo(s) then street photos, one product per row, with the
 product's tags as the row caption.
@@ -80,13 +81,47 @@ def draw_grid(records: list[ImageRecord], out: Path, n: int = 6, title: str = ""
     return out
 
 
+def draw_pk(result: dict, out: Path, title: str = "") -> Path:
+    """P@K curves of a baseline_check result (one line per split)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for split, r in result.items():
+        ks = [int(k[2:]) for k in r if k.startswith("P@")]
+        ax.plot(ks, [r[f"P@{k}"] for k in ks], marker="o",
+                label=f"{split}: {r['queries']} queries, {r['gallery']} gallery images")
+    ax.set_xscale("log")
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("K")
+    ax.set_ylabel("P@K")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(title or "pretrained MobileNetV2 (no training)", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Draw the benchmark example grid.")
     ap.add_argument("manifest")
     ap.add_argument("--out", required=True)
     ap.add_argument("--split", default="test")
     ap.add_argument("-n", type=int, default=6)
+    ap.add_argument("--pk", help="also draw the P@K curves of this baseline_check --json file")
+    ap.add_argument("--pk-out", help="where to write the P@K figure")
     args = ap.parse_args(argv)
+    if args.pk:
+        import json
+
+        draw_pk(json.loads(Path(args.pk).read_text()), Path(args.pk_out or Path(args.out).with_name("benchmark_pk.png")))
     ds = load_dataset(args.manifest)
     draw_grid(ds.subset(args.split), Path(args.out), args.n,
               f"street2shop ({args.split} split): shop photos (left) and street photos of the same product")
