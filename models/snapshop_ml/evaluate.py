@@ -106,7 +106,9 @@ def model_embeddings(
     tags = tag_matrix(es.gallery_tags, vocab) if vocab is not None else None
     maps, embs = zip(*_batched(lambda x, _: model.user_features(rest(x)), es.query_paths, cache))
     shop = _batched(
-        lambda x, sl: model.shop_embedding(rest(x), None if tags is None else tags[sl]), es.gallery_paths, cache
+        lambda x, sl: model.shop_embedding(rest(x), None if tags is None else tags[sl].to(x.device)),
+        es.gallery_paths,
+        cache,
     )
     return torch.cat(maps), torch.cat(embs), torch.cat(shop)
 
@@ -124,9 +126,9 @@ def rerank_keys(
     top = np.argsort(-first, axis=1, kind="stable")[:, :n]
     keys = np.full(first.shape, -np.inf, dtype=np.float64)
     for i in range(0, len(maps), batch):
-        idx = torch.from_numpy(top[i : i + batch])
+        idx = torch.from_numpy(top[i : i + batch]).to(shop.device)
         scores, _ = model.rerank(maps[i : i + batch], shop[idx])
-        np.put_along_axis(keys[i : i + batch], top[i : i + batch], scores.double().numpy(), axis=1)
+        np.put_along_axis(keys[i : i + batch], top[i : i + batch], scores.double().cpu().numpy(), axis=1)
     return keys
 
 
@@ -135,7 +137,7 @@ def evaluate_model(
 ) -> dict[str, dict[str, float]]:
     """P@K of one trained model on one split: {"first_pass": ..., and "rerank": ... if asked}."""
     maps, user, shop = model_embeddings(model, es, cache, cache_is_shared, vocab)
-    first = (user @ shop.T).double().numpy()
+    first = (user @ shop.T).double().cpu().numpy()
     out = {"first_pass": p_at_k(first, es.query_products, es.gallery_products)}
     if rerank:
         out["rerank"] = p_at_k(rerank_keys(model, maps, first, shop), es.query_products, es.gallery_products)

@@ -28,24 +28,27 @@ log = logging.getLogger(__name__)
 class ActivationCache:
     """Row i holds the activation of image `paths[i]`, stored as float16 to halve memory."""
 
-    def __init__(self, paths: Sequence[str], data: torch.Tensor):
+    def __init__(self, paths: Sequence[str], data: torch.Tensor, device: torch.device | str = "cpu"):
         self.paths = list(paths)
-        self.data = data
+        self.data = data  # stays in host memory; batches move to `device`
+        self.device = torch.device(device)
         self.row = {p: i for i, p in enumerate(self.paths)}
 
     def get(self, paths: Sequence[str]) -> torch.Tensor:
         idx = torch.tensor([self.row[p] for p in paths], dtype=torch.long)
-        return self.data.index_select(0, idx).float().contiguous(memory_format=torch.channels_last)
+        batch = self.data.index_select(0, idx).to(self.device, non_blocking=True).float()
+        return batch.contiguous(memory_format=torch.channels_last)
 
 
 @torch.no_grad()
 def run_blocks(blocks: nn.Module, inputs: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """Apply `blocks` to `inputs` in batches, returning float16 results."""
     blocks = blocks.eval().to(memory_format=torch.channels_last)
+    device = next(blocks.parameters()).device
     outs = []
     for i in range(0, len(inputs), batch):
-        x = inputs[i : i + batch].float().contiguous(memory_format=torch.channels_last)
-        outs.append(blocks(x).to(torch.float16).contiguous())
+        x = inputs[i : i + batch].to(device).float().contiguous(memory_format=torch.channels_last)
+        outs.append(blocks(x).to(torch.float16).cpu().contiguous())
     return torch.cat(outs) if outs else torch.empty(0)
 
 
@@ -57,7 +60,8 @@ def _cache_key(paths: Sequence[str], input_size: int) -> str:
     return h.hexdigest()[:20]
 
 
-def stem_cache(paths: Sequence[str], input_size: int, cache_dir: Path | None) -> ActivationCache:
+def stem_cache(paths: Sequence[str], input_size: int, cache_dir: Path | None,
+               device: torch.device | str = "cpu") -> ActivationCache:
     """Stem activations (ImageNet blocks only) for every image, from disk when already computed."""
     paths = sorted(set(str(p) for p in paths))
     file = None
@@ -66,8 +70,8 @@ def stem_cache(paths: Sequence[str], input_size: int, cache_dir: Path | None) ->
         file = cache_dir / f"stem-{_cache_key(paths, input_size)}.pt"
         if file.is_file():
             log.info("stem cache: loading %s", file)
-            return ActivationCache(paths, torch.load(file, weights_only=True))
-    stem = pretrained_mobilenet_v2().features[:FROZEN_STEM_BLOCKS]
+            return ActivationCache(paths, torch.load(file, weights_only=True), device)
+    stem = pretrained_mobilenet_v2().features[:FROZEN_STEM_BLOCKS].to(device)
     t0 = time.time()
     chunks = []
     chunk = 256
@@ -80,9 +84,9 @@ def stem_cache(paths: Sequence[str], input_size: int, cache_dir: Path | None) ->
         tmp = file.with_suffix(".tmp")
         torch.save(data, tmp)
         tmp.rename(file)
-    return ActivationCache(paths, data)
+    return ActivationCache(paths, data, device)
 
 
 def derived_cache(base: ActivationCache, blocks: nn.Module) -> ActivationCache:
     """Apply further (frozen) blocks to a cache: e.g. the rest of subnetwork I after YNet."""
-    return ActivationCache(base.paths, run_blocks(blocks, base.data))
+    return ActivationCache(base.paths, run_blocks(blocks, base.data), base.device)

@@ -51,6 +51,6 @@ def choose_negatives(
     if mode == "hard":
         return dist.detach().masked_fill(~different, float("inf")).argmin(dim=1)
     if mode == "random":
-        noise = torch.rand(different.shape, generator=generator)
+        noise = torch.rand(different.shape, generator=generator).to(different.device)
         return noise.masked_fill(~different, -1.0).argmax(dim=1)
     raise ValueError(f"unknown negative mining mode {mode!r}")

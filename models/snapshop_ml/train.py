@@ -59,6 +59,7 @@ class TrainConfig:
     margin_ctx: float = 0.5
     threads: int = 0
     cache_dir: str = ".cache"
+    device: str = "auto"
 
 
 class TrainingError(RuntimeError):
@@ -68,7 +69,8 @@ class TrainingError(RuntimeError):
 class Sampler:
     """Product-balanced batches: P distinct products, one street photo and one shop image each."""
 
-    def __init__(self, users, shops, seed: int):
+    def __init__(self, users, shops, seed: int, device: torch.device):
+        self.device = device
         self.user_by_product: dict[str, list[str]] = {}
         self.shop_by_product: dict[str, list] = {}
         for r in users:
@@ -85,7 +87,7 @@ class Sampler:
         prods = [self.products[i] for i in chosen]
         anchors = [self.user_by_product[p][self.rng.integers(len(self.user_by_product[p]))] for p in prods]
         positives = [self.shop_by_product[p][self.rng.integers(len(self.shop_by_product[p]))] for p in prods]
-        return torch.arange(len(prods)), anchors, positives
+        return torch.arange(len(prods), device=self.device), anchors, positives
 
 
 def make_optimizer(groups, cfg: TrainConfig, steps: int):
@@ -155,7 +157,7 @@ def train_tagynet(model: YNet, shared: ActivationCache, sampler: Sampler, vocab,
     def step():
         prods, anchors, positives = sampler.batch(cfg.batch)
         _, o = model.user_features(shared.get(anchors))
-        tags = tag_matrix([r.tags for r in positives], vocab)
+        tags = tag_matrix([r.tags for r in positives], vocab).to(sampler.device)
         p = model.shop_embedding(shared.get([str(r.path) for r in positives]), tags)
         neg = choose_negatives(pairwise_euclidean(o, p), prods, prods, mode, gen)
         return triplet_loss(o, p, p[neg], cfg.margin_tag), f"|W|={model.tag_embed.norm():.3f}"
@@ -169,7 +171,8 @@ def shop_embeddings(model: YNet, shared: ActivationCache, records, vocab) -> dic
     out = {}
     for i in range(0, len(records), 128):
         chunk = records[i : i + 128]
-        emb = model.shop_embedding(shared.get([str(r.path) for r in chunk]), tag_matrix([r.tags for r in chunk], vocab))
+        tags = tag_matrix([r.tags for r in chunk], vocab).to(shared.device)
+        emb = model.shop_embedding(shared.get([str(r.path) for r in chunk]), tags)
         out.update({str(r.path): e for r, e in zip(chunk, emb)})
     return out
 
@@ -232,6 +235,11 @@ def train(cfg: TrainConfig) -> dict:
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    want_cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()
+    if cfg.device == "cuda" and not want_cuda:
+        raise TrainingError("--device cuda was asked for but torch sees no CUDA device")
+    device = torch.device("cuda" if want_cuda else "cpu")
+    log.info("training on %s", device)
     ds = load_dataset(Path(cfg.data))
     vocab = ds.tag_vocabulary()
     train_users, train_shops = ds.subset("train", "user"), ds.subset("train", "shop")
@@ -247,7 +255,7 @@ def train(cfg: TrainConfig) -> dict:
 
     all_paths = [str(r.path) for r in ds.records]
     t0 = time.time()
-    stem = stem_cache(all_paths, cfg.input_size, Path(cfg.cache_dir))
+    stem = stem_cache(all_paths, cfg.input_size, Path(cfg.cache_dir), device)
     timings = {"stem_cache_s": round(time.time() - t0, 1)}
 
     results: dict[str, dict] = {}
@@ -256,15 +264,15 @@ def train(cfg: TrainConfig) -> dict:
         results.setdefault(row, {})[split] = pk
         log.info("P@K %-28s %-4s %s", row, split, " ".join(f"@{k}={v:.3f}" for k, v in pk.items()))
 
-    pretrained_top = pretrained_mobilenet_v2().features[FROZEN_STEM_BLOCKS:]
+    pretrained_top = pretrained_mobilenet_v2().features[FROZEN_STEM_BLOCKS:].to(device, memory_format=torch.channels_last)
     es = sets["test"]
     q = pretrained_embeddings(pretrained_top, es.query_paths, stem)
     g = pretrained_embeddings(pretrained_top, es.gallery_paths, stem)
-    record("pretrained", "test", p_at_k((q @ g.T).double().numpy(), es.query_products, es.gallery_products))
+    record("pretrained", "test", p_at_k((q @ g.T).double().cpu().numpy(), es.query_products, es.gallery_products))
 
     net_cfg = NetConfig(num_tags=len(vocab), embed_dim=cfg.embed_dim, input_size=cfg.input_size)
-    sampler = Sampler(train_users, train_shops, cfg.seed)
-    ynet = YNet(net_cfg)
+    sampler = Sampler(train_users, train_shops, cfg.seed, device)
+    ynet = YNet(net_cfg).to(device, memory_format=torch.channels_last)
     t0 = time.time()
     train_ynet(ynet, stem, sampler, cfg, "random")
     timings["ynet_s"] = round(time.time() - t0, 1)
@@ -300,8 +308,9 @@ def train(cfg: TrainConfig) -> dict:
         "machine": machine_description(),
         "dataset": {"source": cfg.data, "stats": ds.stats()},
     }
+    final = final.cpu()
     torch.save({"state_dict": final.state_dict(), "net": net_cfg.to_dict(), "vocabulary": vocab}, out / "final.pt")
-    torch.save({"state_dict": chains[best][0].state_dict(), "net": net_cfg.to_dict(), "vocabulary": vocab},
+    torch.save({"state_dict": chains[best][0].cpu().state_dict(), "net": net_cfg.to_dict(), "vocabulary": vocab},
                out / "tagynet.pt")
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     log.info("done in %.0f s: %s", timings["total_s"], json.dumps(timings))
