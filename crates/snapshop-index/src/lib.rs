@@ -1,1 +1,187 @@
-//! placeholder, replaced by the index helper
+//! snapshop-index: the approximate-nearest-neighbour layer over shop-image embeddings.
+//!
+//! Exists so the service can ask "top N shop images by cosine similarity, optionally within
+//! this set of keys" in milliseconds while the catalogue changes under it. The SQLite store is
+//! the source of truth; this crate is a rebuildable cache of it and must never be the only copy
+//! of anything. It must never panic on caller data (bad vectors, corrupt snapshots are errors).
+//!
+//! Layout: [`vector`](crate::vector) (validation, dot, top-k), `graph` (immutable hnsw_rs
+//! graph), `index` ([`ShopIndex`]: arena, fresh segment, tombstones, rebuilds) and `snapshot`
+//! (atomic on-disk snapshots).
+
+mod error;
+mod graph;
+mod index;
+mod snapshot;
+#[cfg(test)]
+mod testutil;
+mod vector;
+
+pub use error::IndexError;
+pub use index::ShopIndex;
+pub use vector::NORM_TOLERANCE;
+
+/// The store's embedding row id.
+pub type Key = u64;
+
+/// Tuning knobs. Build one with [`IndexConfig::new`] and override fields as needed.
+#[derive(Clone, Debug)]
+pub struct IndexConfig {
+    /// Embedding dimension (256 for the shipped model; always taken from config).
+    pub dim: usize,
+    /// HNSW M: links per point per layer (twice that on layer 0). hnsw_rs allows 2..=255.
+    pub max_connections: usize,
+    /// Candidate list width while building the graph.
+    pub ef_construction: usize,
+    /// Candidate list width while searching; raised to at least `k` (and more under filters).
+    pub ef_search: usize,
+    /// `needs_maintenance` once the exact fresh segment holds more than this many vectors.
+    pub fresh_capacity: usize,
+    /// A filter whose allowed set is at most this fraction of the live set is answered exactly.
+    pub exact_filter_fraction: f32,
+    /// A filter with at most this many allowed keys is answered exactly whatever the fraction
+    /// (an exact scan of a few thousand vectors is cheaper than a widened graph search).
+    pub exact_filter_max_keys: usize,
+    /// `needs_maintenance` once tombstones exceed this fraction of the graph's points.
+    pub rebuild_tombstone_fraction: f32,
+}
+
+impl IndexConfig {
+    /// The defaults: M = 16, ef_construction = 200, ef_search = 512, fresh_capacity = 4096,
+    /// exact_filter_fraction = 0.2, exact_filter_max_keys = 4096,
+    /// rebuild_tombstone_fraction = 0.2.
+    pub fn new(dim: usize) -> Self {
+        Self {
+            dim,
+            max_connections: 16,
+            ef_construction: 200,
+            ef_search: 512,
+            fresh_capacity: 4096,
+            exact_filter_fraction: 0.2,
+            exact_filter_max_keys: 4096,
+            rebuild_tombstone_fraction: 0.2,
+        }
+    }
+
+    /// Checks the values hnsw_rs would otherwise reject by exiting the process or panicking.
+    pub fn validate(&self) -> Result<(), IndexError> {
+        if self.dim == 0 {
+            return Err(IndexError::InvalidConfig("dim must be positive".into()));
+        }
+        // hnsw_rs calls process::exit above 256 and stores M as u8 (256 would wrap to 0).
+        if !(2..=255).contains(&self.max_connections) {
+            return Err(IndexError::InvalidConfig(format!(
+                "max_connections must be in 2..=255, got {}",
+                self.max_connections
+            )));
+        }
+        if self.ef_construction == 0 {
+            return Err(IndexError::InvalidConfig(
+                "ef_construction must be positive".into(),
+            ));
+        }
+        for (name, f) in [
+            ("exact_filter_fraction", self.exact_filter_fraction),
+            (
+                "rebuild_tombstone_fraction",
+                self.rebuild_tombstone_fraction,
+            ),
+        ] {
+            if !f.is_finite() || f < 0.0 {
+                return Err(IndexError::InvalidConfig(format!(
+                    "{name} must be a finite non-negative number, got {f}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy with every value forced into range, for the infallible [`ShopIndex::new`].
+    fn sanitised(mut self) -> Self {
+        if let Err(e) = self.validate() {
+            tracing::warn!(error = %e, "snapshop-index: clamping invalid config");
+        }
+        self.max_connections = self.max_connections.clamp(2, 255);
+        self.ef_construction = self.ef_construction.max(1);
+        for f in [
+            &mut self.exact_filter_fraction,
+            &mut self.rebuild_tombstone_fraction,
+        ] {
+            if !f.is_finite() || *f < 0.0 {
+                *f = 0.2;
+            }
+        }
+        self
+    }
+}
+
+/// One search result.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hit {
+    /// The store key.
+    pub key: Key,
+    /// Dot product with the query (= cosine similarity); higher is better.
+    pub score: f32,
+}
+
+/// Counters for monitoring.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct IndexStats {
+    /// Live keys (`graph + fresh`).
+    pub live: usize,
+    /// Live keys searchable through the graph.
+    pub graph: usize,
+    /// Live keys in the exact fresh segment (not yet in a graph).
+    pub fresh: usize,
+    /// Graph points whose key was removed or replaced since the graph was built.
+    pub tombstones: usize,
+    /// Graph (re)builds since this index was created.
+    pub rebuilds: u64,
+}
+
+/// What a snapshot holds, as returned by save and load.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotMeta {
+    /// Caller-provided model identifier; the caller must compare it with the running model.
+    pub model_version: String,
+    /// Vector dimension.
+    pub dim: usize,
+    /// Number of vectors.
+    pub count: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_validation() {
+        assert!(IndexConfig::new(256).validate().is_ok());
+        for bad in [
+            IndexConfig {
+                max_connections: 256,
+                ..IndexConfig::new(8)
+            },
+            IndexConfig {
+                max_connections: 1,
+                ..IndexConfig::new(8)
+            },
+            IndexConfig::new(0),
+            IndexConfig {
+                exact_filter_fraction: f32::NAN,
+                ..IndexConfig::new(8)
+            },
+        ] {
+            assert!(matches!(bad.validate(), Err(IndexError::InvalidConfig(_))));
+            let fixed = bad.sanitised();
+            assert!((2..=255).contains(&fixed.max_connections));
+            assert!(fixed.exact_filter_fraction.is_finite());
+        }
+    }
+
+    #[test]
+    fn index_is_send_sync() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<ShopIndex>();
+    }
+}
