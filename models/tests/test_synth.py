@@ -46,8 +46,7 @@ def test_deterministic(tiny, tmp_path):
     synth.generate(again, seed=0, scale=SCALE, quiet=True)
     assert (again / "manifest.csv").read_bytes() == (tiny / "manifest.csv").read_bytes()
     assert _files(again) == _files(tiny)
-    assert (again / "stats.json").read_text().replace(str(again), "X") == \
-        (tiny / "stats.json").read_text().replace(str(tiny), "X")
+    assert (again / "stats.json").read_bytes() == (tiny / "stats.json").read_bytes()
 
 
 def test_worker_count_does_not_matter(tiny, tmp_path):
@@ -173,6 +172,7 @@ def test_cli_knob_override(tmp_path):
                        "--knob", "distractors_per_query=0", "--knob", "street_fill=0.5,0.6"]) == 0
     st = json.loads((out / "stats.json").read_text())
     assert st["knobs"]["street_fill"] == [0.5, 0.6]
+    assert st["command"].endswith("--seed 3 --scale 0.002 --knob distractors_per_query=0.0 --knob street_fill=0.5,0.6")
     assert st["splits"]["test"]["distractor_products"] == 0
     with pytest.raises(SystemExit):
         synth.main(["--out", str(out), "--knob", "nonsense=1"])

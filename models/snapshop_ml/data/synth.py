@@ -153,6 +153,10 @@ class Knobs:
     fabric_shift: float = 0.06  # per-photo hue/saturation drift of the garment (dye / white balance)
 
 
+def _knob_text(value) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
 def _parse_knob(knobs: Knobs, text: str) -> None:
     name, sep, value = text.partition("=")
     types = {f.name: f for f in fields(Knobs)}
@@ -1119,7 +1123,9 @@ def generate(out: str | os.PathLike, seed: int = 0, scale: float = 1.0, workers:
         "patterns": dict(sorted(pat_hist.items())),
         "shop_size": list(SHOP_SIZE),
         "knobs": asdict(knobs),
-        "command": f"python -m snapshop_ml.data.synth --out {out} --seed {seed} --scale {scale}",
+        "command": " ".join(["python -m snapshop_ml.data.synth --out OUT", f"--seed {seed} --scale {scale}"]
+                            + [f"--knob {f.name}={_knob_text(getattr(knobs, f.name))}" for f in fields(Knobs)
+                               if getattr(knobs, f.name) != getattr(Knobs(), f.name)]),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=False) + "\n")
     if not quiet:
