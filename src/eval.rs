@@ -2,8 +2,9 @@
 //!
 //! The gallery (every `shop` image of the split, distractor products included) is ingested with
 //! the real ingest pipeline into a temporary data directory; every `user` image of the split is
-//! then a query through the real search pipeline. A query is a hit at K when an image of its
-//! product is among the top K results, with the first pass alone and with the CtxYNet re-rank.
+//! then a query through the real search pipeline. A query is a hit at K when its product is
+//! among the top K products (each at its best image), with the first pass alone and with the
+//! CtxYNet re-rank of the first `candidates` images, as `models/snapshop_ml/evaluate.py` counts.
 //! This is how the Rust path is held to the Python pipeline's figures.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -106,7 +107,7 @@ pub struct EvalOptions {
     pub ks: Vec<usize>,
     /// First-pass candidates re-ranked (the paper's 256).
     pub candidates: usize,
-    /// Rank images (as the pipeline's P@K does) or products.
+    /// Rank products (as the pipeline's P@K does: a product at its best image) or images.
     pub unit: Grouping,
     /// Searches and uploads in flight at once (lets the inference queue batch).
     pub concurrency: usize,

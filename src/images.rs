@@ -46,12 +46,58 @@ pub struct Prepared {
     pub format: &'static str,
 }
 
+/// What the first bytes of a file say it is.
+#[derive(Debug, PartialEq, Eq)]
+enum Sniffed {
+    /// JPEG, PNG or WebP: left to the decoder.
+    Supported,
+    /// A known image format the model pipeline does not accept.
+    Unsupported(&'static str),
+    /// Not an image format we recognise: treated as an undecodable image.
+    Unknown,
+}
+
+fn sniff(b: &[u8]) -> Sniffed {
+    let starts = |m: &[u8]| b.starts_with(m);
+    if starts(&[0xff, 0xd8, 0xff])
+        || starts(b"\x89PNG\r\n\x1a\n")
+        || (b.len() >= 12 && &b[0..4] == b"RIFF" && &b[8..12] == b"WEBP")
+    {
+        Sniffed::Supported
+    } else if starts(b"GIF87a") || starts(b"GIF89a") {
+        Sniffed::Unsupported("GIF")
+    } else if starts(b"BM") {
+        Sniffed::Unsupported("BMP")
+    } else if starts(b"II*\0") || starts(b"MM\0*") {
+        Sniffed::Unsupported("TIFF")
+    } else if b.len() >= 12 && &b[4..8] == b"ftyp" {
+        Sniffed::Unsupported("HEIF/AVIF")
+    } else if starts(&[0, 0, 1, 0]) {
+        Sniffed::Unsupported("ICO")
+    } else {
+        Sniffed::Unknown
+    }
+}
+
 /// Decodes and preprocesses `bytes` on the blocking pool.
 pub async fn prepare(
     pre: Arc<Preprocessor>,
     bytes: bytes::Bytes,
     limits: ImageLimits,
 ) -> Result<Prepared, ImageError> {
+    match sniff(&bytes) {
+        Sniffed::Supported => {}
+        Sniffed::Unsupported(name) => {
+            return Err(ImageError::UnsupportedFormat(format!(
+                "unsupported image format: {name} (JPEG, PNG and WebP are accepted)"
+            )))
+        }
+        Sniffed::Unknown => {
+            return Err(ImageError::Undecodable(
+                "the data is not a JPEG, PNG or WebP image".into(),
+            ))
+        }
+    }
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         let _g = span.enter();
@@ -111,6 +157,16 @@ pub async fn store_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_are_sniffed() {
+        assert_eq!(sniff(b"\xff\xd8\xff\xe0rest"), Sniffed::Supported);
+        assert_eq!(sniff(b"\x89PNG\r\n\x1a\nrest"), Sniffed::Supported);
+        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Sniffed::Supported);
+        assert_eq!(sniff(b"GIF89a..."), Sniffed::Unsupported("GIF"));
+        assert_eq!(sniff(b"hello"), Sniffed::Unknown);
+        assert_eq!(sniff(b""), Sniffed::Unknown);
+    }
 
     #[test]
     fn content_addressed_paths() {

@@ -47,8 +47,9 @@ enum Command {
         /// First-pass candidates re-ranked.
         #[arg(long, default_value_t = 256)]
         candidates: usize,
-        /// Rank shop images (as the pipeline's P@K does) or products.
-        #[arg(long, value_parser = parse_unit, default_value = "image")]
+        /// Rank products (a product at its best image, as the pipeline's P@K and the API do)
+        /// or single shop images.
+        #[arg(long, value_parser = parse_unit, default_value = "product")]
         unit: Grouping,
         /// Searches in flight at once.
         #[arg(long, default_value_t = 4)]
