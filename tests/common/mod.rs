@@ -41,11 +41,13 @@ pub struct TestApp {
 }
 
 pub fn test_config(data_dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.data_dir = data_dir.to_owned();
-    c.bundle = root().join("models/default");
-    c.intra_threads = 1;
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_owned(),
+        bundle: root().join("models/default"),
+        intra_threads: 1,
+        ..Config::default()
+    };
     c.index.maintain_interval_secs = 3600;
     c
 }
