@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod bundle;
 mod error;
+mod jpeg;
 mod pillow;
 pub mod preprocess;
 pub mod queue;

@@ -1,5 +1,8 @@
 //! Image file → normalised `[3, H, W]` tensor, exactly as `models/BUNDLE.md` prescribes.
 //!
+//! JPEG pixels come from libjpeg-turbo (`jpeg.rs`) and resizing from an exact port of Pillow's
+//! (`pillow.rs`); headers, EXIF, PNG and WebP from the `image` crate.
+//!
 //! It exists because the embeddings are only comparable with the ones the Python pipeline
 //! produced if every pixel goes through the same steps: decode, EXIF orientation, Pillow-style
 //! `convert("RGB")`, Pillow-exact bilinear resize, per-channel normalisation. Decoding is
@@ -97,7 +100,7 @@ pub struct PreparedImage {
 pub struct Preprocessor {
     width: u32,
     height: u32,
-    /// `lut[c][v]` = `(v * scale - mean[c]) / std[c]`: 768 values replace per-pixel arithmetic
+    /// `lut[c][v]` = `(v / (1/scale) - mean[c]) / std[c]`: 768 values replace per-pixel arithmetic
     /// and make the result independent of evaluation order.
     lut: Box<[[f32; 256]; 3]>,
 }
@@ -127,15 +130,17 @@ impl Preprocessor {
                 "preprocess.resize size must be positive".into(),
             ));
         }
-        // float32 throughout, in the order torchvision's ToTensor + Normalize use, so that the
-        // values match the pipeline's to the last bit where possible.
-        let scale = p.scale as f32;
+        // float32 throughout and in the pipeline's order (`preprocess.py::to_tensor`:
+        // `v / 255` then `(x - mean) / std`), so that the values match it to the last bit.
+        // Dividing by 1/scale (255) rather than multiplying by scale matters: 1/255 is not
+        // exact in f32 and the product differs from the quotient by an ulp for some values.
+        let divisor = (1.0 / p.scale) as f32;
         let mut lut = Box::new([[0.0f32; 256]; 3]);
         for (c, table) in lut.iter_mut().enumerate() {
             let mean = p.mean[c] as f32;
             let std = p.std[c] as f32;
             for (v, out) in table.iter_mut().enumerate() {
-                *out = (v as f32 * scale - mean) / std;
+                *out = (v as f32 / divisor - mean) / std;
             }
         }
         Ok(Preprocessor { width, height, lut })
@@ -181,7 +186,8 @@ impl Preprocessor {
             .expect("resize_rgb8 returns out_w*out_h*3 bytes; this is a bug"))
     }
 
-    /// Step 4: `(v * scale - mean) / std` per channel, laid out as `[3, H, W]`.
+    /// Step 4: `(v * scale - mean) / std` per channel (computed as `v / (1/scale)`, like the
+    /// pipeline), laid out as `[3, H, W]`.
     ///
     /// # Panics
     /// If `image` is not `W × H` (a caller bug: use [`Preprocessor::resize`] first).
@@ -264,7 +270,26 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, Prepro
         tracing::debug!(error = %e, "ignoring unreadable EXIF orientation");
         image::metadata::Orientation::NoTransforms
     });
-    let mut image = DynamicImage::from_decoder(decoder).map_err(image_error)?;
+    let mut image = match format {
+        // Pillow's decoder, for Pillow's pixels (see jpeg.rs).
+        "jpeg" => match crate::jpeg::decode_rgb(bytes, width, height) {
+            Ok(rgb) => DynamicImage::ImageRgb8(
+                RgbImage::from_raw(width, height, rgb)
+                    .expect("decode_rgb returns width*height*3 bytes; this is a bug"),
+            ),
+            // libjpeg does not convert CMYK/YCCK to RGB; `image` does (rare in uploads).
+            Err(crate::jpeg::JpegError::ColorSpace) => {
+                DynamicImage::from_decoder(decoder).map_err(image_error)?
+            }
+            Err(crate::jpeg::JpegError::Corrupt(m)) => return Err(PreprocessError::Undecodable(m)),
+            Err(crate::jpeg::JpegError::Dimensions) => {
+                return Err(PreprocessError::Undecodable(
+                    "JPEG frame size disagrees with its header".into(),
+                ))
+            }
+        },
+        _ => DynamicImage::from_decoder(decoder).map_err(image_error)?,
+    };
     image.apply_orientation(orientation);
     Ok(DecodedImage {
         image: to_rgb8_like_pillow(image),
@@ -408,7 +433,7 @@ mod tests {
         let img = RgbImage::from_raw(2, 1, vec![0, 128, 255, 10, 20, 30]).unwrap();
         let t = p.to_tensor(&img);
         assert_eq!(t.shape(), &[3, 1, 2]);
-        let f = |v: f32, m: f32, s: f32| (v * (1.0f64 / 255.0) as f32 - m) / s;
+        let f = |v: f32, m: f32, s: f32| (v / 255.0f32 - m) / s;
         assert_eq!(t[[0, 0, 0]], f(0.0, 0.485, 0.229));
         assert_eq!(t[[1, 0, 0]], f(128.0, 0.456, 0.224));
         assert_eq!(t[[2, 0, 0]], f(255.0, 0.406, 0.225));

@@ -601,3 +601,381 @@ fn fail<J, T>(requests: Vec<Request<J>>, e: &InferenceError, reply: impl Fn(J) -
         send(reply(r.job), Err(e.replicate()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{ArrayView2, ArrayView3, ArrayView4};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    const C: usize = 4;
+    const L: usize = 3;
+
+    /// What the fake saw in one call: the marker (`image[0,0,0]`) of every image, or the
+    /// re-rank batch shape.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Call {
+        Shop(Vec<f32>),
+        User(Vec<f32>),
+        Rerank { b: usize, k: usize },
+    }
+
+    /// A deterministic backend. Embedding rows are filled with the image's marker (plus the tag
+    /// count for shop images); re-rank scores are the candidate row sums. With a gate, every
+    /// call announces itself on `entered` and waits for a `release`.
+    struct Fake {
+        calls: Arc<Mutex<Vec<Call>>>,
+        entered: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+        release: Option<std::sync::mpsc::Receiver<()>>,
+        panic: bool,
+        fail: bool,
+    }
+
+    struct Harness {
+        calls: Arc<Mutex<Vec<Call>>>,
+        entered: tokio::sync::mpsc::UnboundedReceiver<()>,
+        release: std::sync::mpsc::Sender<()>,
+    }
+
+    impl Harness {
+        fn calls(&self) -> Vec<Call> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    fn gated() -> (Fake, Harness) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
+        let (rtx, rrx) = std::sync::mpsc::channel();
+        (
+            Fake {
+                calls: calls.clone(),
+                entered: Some(etx),
+                release: Some(rrx),
+                panic: false,
+                fail: false,
+            },
+            Harness {
+                calls,
+                entered: erx,
+                release: rtx,
+            },
+        )
+    }
+
+    impl Fake {
+        fn enter(&mut self, call: Call) {
+            self.calls.lock().unwrap().push(call);
+            if let Some(tx) = &self.entered {
+                let _ = tx.send(());
+            }
+            if let Some(rx) = &self.release {
+                let _ = rx.recv();
+            }
+            assert!(!self.panic, "fake backend panics on purpose");
+        }
+    }
+
+    fn markers(images: &ArrayView4<f32>) -> Vec<f32> {
+        images.outer_iter().map(|i| i[[0, 0, 0]]).collect()
+    }
+
+    impl Backend for Fake {
+        fn device(&self) -> ActiveDevice {
+            ActiveDevice::Cpu
+        }
+        fn embed_shop(
+            &mut self,
+            images: ArrayView4<f32>,
+            tags: ArrayView2<f32>,
+        ) -> Result<Array2<f32>, InferenceError> {
+            let m = markers(&images);
+            self.enter(Call::Shop(m.clone()));
+            if self.fail {
+                return Err(InferenceError::Runtime("boom".into()));
+            }
+            Ok(Array2::from_shape_fn((m.len(), C), |(i, _)| {
+                m[i] + tags.row(i).sum()
+            }))
+        }
+        fn embed_user(
+            &mut self,
+            images: ArrayView4<f32>,
+        ) -> Result<(Array3<f32>, Array2<f32>), InferenceError> {
+            let m = markers(&images);
+            self.enter(Call::User(m.clone()));
+            let n = m.len();
+            Ok((
+                Array3::from_shape_fn((n, L, C), |(i, l, _)| m[i] * 10.0 + l as f32),
+                Array2::from_shape_fn((n, C), |(i, _)| m[i]),
+            ))
+        }
+        fn rerank(
+            &mut self,
+            features: ArrayView3<f32>,
+            candidates: ArrayView3<f32>,
+        ) -> Result<(Array2<f32>, Array3<f32>), InferenceError> {
+            let (b, k, _) = candidates.dim();
+            self.enter(Call::Rerank { b, k });
+            let scores =
+                Array2::from_shape_fn((b, k), |(i, j)| candidates.slice(s![i, j, ..]).sum());
+            let attention = Array3::from_shape_fn((b, k, L), |(i, j, l)| {
+                features[[i, l, 0]] + 100.0 * j as f32
+            });
+            Ok((scores, attention))
+        }
+    }
+
+    fn image(marker: f32) -> Array3<f32> {
+        Array3::from_elem((3, 2, 2), marker)
+    }
+
+    /// Waits (bounded) until `n` requests are queued; deterministic in outcome.
+    async fn wait_depth(q: &InferenceQueue, n: usize) {
+        for _ in 0..5000 {
+            if q.queue_depth() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("queue depth never reached {n} (is {})", q.queue_depth());
+    }
+
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(20), f)
+            .await
+            .expect("timed out: the queue hung")
+    }
+
+    type Handle<T> = tokio::task::JoinHandle<Result<T, InferenceError>>;
+
+    fn spawn_shop(q: &InferenceQueue, marker: f32, tags: Vec<f32>) -> Handle<Vec<f32>> {
+        let q = q.clone();
+        tokio::spawn(async move { q.embed_shop(image(marker), tags).await })
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_are_batched() {
+        let (fake, mut h) = gated();
+        let q = InferenceQueue::start(fake, QueueConfig::default());
+        let first = spawn_shop(&q, 1.0, vec![]);
+        within(h.entered.recv()).await;
+        let rest: Vec<_> = (2..=4)
+            .map(|m| spawn_shop(&q, m as f32, vec![1.0, 0.0]))
+            .collect();
+        wait_depth(&q, 3).await;
+        for _ in 0..2 {
+            h.release.send(()).unwrap();
+        }
+        assert_eq!(within(first).await.unwrap().unwrap(), vec![1.0; C]);
+        for (m, r) in (2..=4).zip(rest) {
+            assert_eq!(within(r).await.unwrap().unwrap(), vec![m as f32 + 1.0; C]);
+        }
+        assert_eq!(
+            h.calls(),
+            vec![Call::Shop(vec![1.0]), Call::Shop(vec![2.0, 3.0, 4.0])]
+        );
+        assert_eq!(q.queue_depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn batches_respect_max_and_group_by_kind() {
+        let (fake, mut h) = gated();
+        let cfg = QueueConfig {
+            capacity: 64,
+            max_batch_images: 2,
+            max_batch_queries: 8,
+        };
+        let q = InferenceQueue::start(fake, cfg);
+        let first = spawn_shop(&q, 0.0, vec![]);
+        within(h.entered.recv()).await;
+        let shops: Vec<_> = (1..=5).map(|m| spawn_shop(&q, m as f32, vec![])).collect();
+        let q2 = q.clone();
+        let user = tokio::spawn(async move { q2.embed_user(image(9.0)).await });
+        wait_depth(&q, 6).await;
+        for _ in 0..5 {
+            h.release.send(()).unwrap();
+        }
+        within(first).await.unwrap().unwrap();
+        for s in shops {
+            within(s).await.unwrap().unwrap();
+        }
+        let u = within(user).await.unwrap().unwrap();
+        assert_eq!(u.embedding, vec![9.0; C]);
+        assert_eq!(u.features.dim(), (L, C));
+        assert_eq!(u.features[[2, 0]], 92.0);
+        assert_eq!(
+            h.calls(),
+            vec![
+                Call::Shop(vec![0.0]),
+                Call::User(vec![9.0]),
+                Call::Shop(vec![1.0, 2.0]),
+                Call::Shop(vec![3.0, 4.0]),
+                Call::Shop(vec![5.0]),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn full_queue_answers_overloaded_at_once() {
+        let (fake, mut h) = gated();
+        let cfg = QueueConfig {
+            capacity: 2,
+            ..QueueConfig::default()
+        };
+        let q = InferenceQueue::start(fake, cfg);
+        assert_eq!(q.capacity(), 2);
+        let first = spawn_shop(&q, 1.0, vec![]);
+        within(h.entered.recv()).await;
+        let queued = [spawn_shop(&q, 2.0, vec![]), spawn_shop(&q, 3.0, vec![])];
+        wait_depth(&q, 2).await;
+        // Not spawned: the refusal happens on the first poll, so this cannot hang.
+        let err = within(q.embed_shop(image(4.0), vec![])).await.unwrap_err();
+        assert!(matches!(err, InferenceError::Overloaded), "{err:?}");
+        for _ in 0..2 {
+            h.release.send(()).unwrap();
+        }
+        within(first).await.unwrap().unwrap();
+        for r in queued {
+            within(r).await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn departed_callers_are_skipped() {
+        let (fake, mut h) = gated();
+        let q = InferenceQueue::start(fake, QueueConfig::default());
+        let first = spawn_shop(&q, 1.0, vec![]);
+        within(h.entered.recv()).await;
+        let gone = spawn_shop(&q, 2.0, vec![]);
+        let kept = spawn_shop(&q, 3.0, vec![]);
+        wait_depth(&q, 2).await;
+        gone.abort();
+        assert!(within(gone).await.unwrap_err().is_cancelled());
+        for _ in 0..2 {
+            h.release.send(()).unwrap();
+        }
+        within(first).await.unwrap().unwrap();
+        within(kept).await.unwrap().unwrap();
+        assert_eq!(
+            h.calls(),
+            vec![Call::Shop(vec![1.0]), Call::Shop(vec![3.0])]
+        );
+    }
+
+    #[tokio::test]
+    async fn rerank_padding_is_removed() {
+        let (fake, mut h) = gated();
+        let q = InferenceQueue::start(fake, QueueConfig::default());
+        let first = spawn_shop(&q, 0.0, vec![]);
+        within(h.entered.recv()).await;
+        let spawn_rerank = |marker: f32, k: usize| {
+            let q = q.clone();
+            let features = Arc::new(Array2::from_shape_fn((L, C), |(l, _)| marker + l as f32));
+            // Row j sums to (j + 1) * C * marker.
+            let candidates = Array2::from_shape_fn((k, C), |(j, _)| (j + 1) as f32 * marker);
+            tokio::spawn(async move { q.rerank(features, candidates).await })
+        };
+        let short = spawn_rerank(1.0, 2);
+        let long = spawn_rerank(2.0, 5);
+        let empty = spawn_rerank(3.0, 0);
+        wait_depth(&q, 3).await;
+        for _ in 0..2 {
+            h.release.send(()).unwrap();
+        }
+        within(first).await.unwrap().unwrap();
+        let short = within(short).await.unwrap().unwrap();
+        let long = within(long).await.unwrap().unwrap();
+        let empty = within(empty).await.unwrap().unwrap();
+        assert_eq!(short.scores, vec![4.0, 8.0]);
+        assert_eq!(long.scores, vec![8.0, 16.0, 24.0, 32.0, 40.0]);
+        assert!(empty.scores.is_empty());
+        assert_eq!(empty.attention.dim(), (0, L));
+        assert_eq!(short.attention.dim(), (2, L));
+        assert_eq!(long.attention.dim(), (5, L));
+        // attention[k, l] = features[l, 0] + 100 k: rows are the request's own, in order.
+        assert_eq!(short.attention[[1, 2]], 1.0 + 2.0 + 100.0);
+        assert_eq!(long.attention[[4, 0]], 2.0 + 400.0);
+        assert_eq!(
+            h.calls(),
+            vec![Call::Shop(vec![0.0]), Call::Rerank { b: 3, k: 5 }]
+        );
+    }
+
+    #[tokio::test]
+    async fn backend_error_reaches_every_request_of_the_batch() {
+        let (mut fake, mut h) = gated();
+        fake.fail = true;
+        let q = InferenceQueue::start(fake, QueueConfig::default());
+        let first = spawn_shop(&q, 1.0, vec![]);
+        within(h.entered.recv()).await;
+        let more = [spawn_shop(&q, 2.0, vec![]), spawn_shop(&q, 3.0, vec![])];
+        wait_depth(&q, 2).await;
+        for _ in 0..2 {
+            h.release.send(()).unwrap();
+        }
+        for r in std::iter::once(first).chain(more) {
+            let err = within(r).await.unwrap().unwrap_err();
+            assert!(
+                matches!(&err, InferenceError::Runtime(m) if m == "boom"),
+                "{err:?}"
+            );
+        }
+        // The worker survives a failed batch.
+        assert!(q.is_running());
+    }
+
+    #[tokio::test]
+    async fn worker_panic_gives_worker_gone_not_a_hang() {
+        let (mut fake, mut h) = gated();
+        fake.panic = true;
+        let q = InferenceQueue::start(fake, QueueConfig::default());
+        let first = spawn_shop(&q, 1.0, vec![]);
+        within(h.entered.recv()).await;
+        let queued = spawn_shop(&q, 2.0, vec![]);
+        wait_depth(&q, 1).await;
+        h.release.send(()).unwrap();
+        for r in [first, queued] {
+            let err = within(r).await.unwrap().unwrap_err();
+            assert!(matches!(err, InferenceError::WorkerGone), "{err:?}");
+        }
+        for _ in 0..5000 {
+            if !q.is_running() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!q.is_running());
+        let err = within(q.embed_user(image(3.0))).await.unwrap_err();
+        assert!(matches!(err, InferenceError::WorkerGone), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn mismatched_shapes_in_one_batch_are_refused_individually() {
+        // The fake declares no dims, so the queue cannot check at submit time.
+        let (fake, mut h) = gated();
+        let q = InferenceQueue::start(fake, QueueConfig::default());
+        let first = spawn_shop(&q, 0.0, vec![]);
+        within(h.entered.recv()).await;
+        let good = spawn_shop(&q, 1.0, vec![]);
+        let q2 = q.clone();
+        let bad =
+            tokio::spawn(async move { q2.embed_shop(Array3::zeros((3, 5, 5)), vec![]).await });
+        wait_depth(&q, 2).await;
+        for _ in 0..2 {
+            h.release.send(()).unwrap();
+        }
+        within(first).await.unwrap().unwrap();
+        within(good).await.unwrap().unwrap();
+        let err = within(bad).await.unwrap().unwrap_err();
+        assert!(matches!(err, InferenceError::Shape(_)), "{err:?}");
+    }
+
+    #[test]
+    fn chunks_split_in_order() {
+        let c = chunks((0..7).collect(), 3);
+        assert_eq!(c, vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]);
+        assert!(chunks(Vec::<u8>::new(), 3).is_empty());
+    }
+}
