@@ -135,24 +135,18 @@ pub struct EvalReport {
     pub search_seconds: f64,
 }
 
-/// Runs the evaluation on a state built over a fresh data directory.
-pub async fn run(state: &AppState, opts: &EvalOptions) -> anyhow::Result<EvalReport> {
-    if opts.ks.is_empty() || opts.ks.contains(&0) {
-        bail!("--k needs positive values");
-    }
-    let max_k = *opts.ks.iter().max().expect("ks is not empty");
-    if opts.candidates < max_k {
-        bail!(
-            "--candidates ({}) must be at least the largest K ({max_k})",
-            opts.candidates
-        );
-    }
-    let rows = read_manifest(&opts.manifest)?;
-    let mut rows: Vec<ManifestRow> = rows.into_iter().filter(|r| r.split == opts.split).collect();
+/// The rows of one split, optionally only its first `limit_products` products.
+pub fn split_rows(
+    manifest: &Path,
+    split: &str,
+    limit_products: Option<usize>,
+) -> anyhow::Result<Vec<ManifestRow>> {
+    let rows = read_manifest(manifest)?;
+    let mut rows: Vec<ManifestRow> = rows.into_iter().filter(|r| r.split == split).collect();
     if rows.is_empty() {
-        bail!("the manifest has no rows of split `{}`", opts.split);
+        bail!("the manifest has no rows of split `{split}`");
     }
-    if let Some(limit) = opts.limit_products {
+    if let Some(limit) = limit_products {
         let mut keep: Vec<&str> = Vec::new();
         for r in &rows {
             if !keep.contains(&r.product_id.as_str()) {
@@ -165,8 +159,17 @@ pub async fn run(state: &AppState, opts: &EvalOptions) -> anyhow::Result<EvalRep
         let keep: BTreeSet<String> = keep.into_iter().map(str::to_owned).collect();
         rows.retain(|r| keep.contains(&r.product_id));
     }
+    Ok(rows)
+}
 
-    // Gallery: every shop image, grouped by product in manifest order.
+/// Ingests every shop image of `rows` through the ingest pipeline, one product per product id
+/// (tags: the union of its shop rows' tags), under the merchant `eval`. Returns the number of
+/// products and images.
+pub async fn ingest_gallery(
+    state: &AppState,
+    rows: &[ManifestRow],
+    concurrency: usize,
+) -> anyhow::Result<(usize, usize)> {
     let mut order: Vec<String> = Vec::new();
     let mut gallery: HashMap<String, (BTreeSet<String>, Vec<PathBuf>)> = HashMap::new();
     for r in rows.iter().filter(|r| r.domain == "shop") {
@@ -178,7 +181,7 @@ pub async fn run(state: &AppState, opts: &EvalOptions) -> anyhow::Result<EvalRep
         entry.1.push(r.image.clone());
     }
     let gallery_images: usize = gallery.values().map(|(_, f)| f.len()).sum();
-    let ingest_start = Instant::now();
+    let started = Instant::now();
     let batch_limit = state.config.limits.max_images_per_request;
     stream::iter(order.iter().map(|pid| {
         let (tags, files) = &gallery[pid];
@@ -217,17 +220,34 @@ pub async fn run(state: &AppState, opts: &EvalOptions) -> anyhow::Result<EvalRep
         }
         anyhow::Ok(())
     })
-    .buffer_unordered(opts.concurrency.max(1))
+    .buffer_unordered(concurrency.max(1))
     .try_collect::<Vec<()>>()
     .await?;
-    let ingest_seconds = ingest_start.elapsed().as_secs_f64();
     tracing::info!(
         products = order.len(),
         images = gallery_images,
-        seconds = ingest_seconds,
+        seconds = started.elapsed().as_secs_f64(),
         "gallery ingested"
     );
+    Ok((order.len(), gallery_images))
+}
 
+/// Builds a state over a temporary data directory and runs the evaluation.
+pub async fn run(state: &AppState, opts: &EvalOptions) -> anyhow::Result<EvalReport> {
+    if opts.ks.is_empty() || opts.ks.contains(&0) {
+        bail!("--k needs positive values");
+    }
+    let max_k = *opts.ks.iter().max().expect("ks is not empty");
+    if opts.candidates < max_k {
+        bail!(
+            "--candidates ({}) must be at least the largest K ({max_k})",
+            opts.candidates
+        );
+    }
+    let rows = split_rows(&opts.manifest, &opts.split, opts.limit_products)?;
+    let ingest_start = Instant::now();
+    let (gallery_products, gallery_images) = ingest_gallery(state, &rows, opts.concurrency).await?;
+    let ingest_seconds = ingest_start.elapsed().as_secs_f64();
     let queries: Vec<&ManifestRow> = rows.iter().filter(|r| r.domain == "user").collect();
     if queries.is_empty() {
         bail!("split `{}` has no user images to query with", opts.split);
@@ -287,7 +307,7 @@ pub async fn run(state: &AppState, opts: &EvalOptions) -> anyhow::Result<EvalRep
         candidates: opts.candidates,
         k: opts.ks.clone(),
         queries: ranks.len(),
-        gallery_products: order.len(),
+        gallery_products,
         gallery_images,
         first_pass: p_at(|r| r.0),
         rerank: p_at(|r| r.1),

@@ -6,6 +6,7 @@
 //! `snapshop-index` / `snapshop-inference` crates.
 
 pub mod app;
+pub mod bench;
 pub mod catalog;
 pub mod config;
 pub mod eval;

@@ -58,6 +58,31 @@ enum Command {
         #[arg(long, default_value = "eval-report.json")]
         output: PathBuf,
     },
+    /// Per-stage search latency for one photo against a split's gallery, index build time and
+    /// first-pass recall.
+    Bench {
+        #[command(flatten)]
+        overrides: Overrides,
+        /// CSV manifest whose split's gallery is the catalogue.
+        #[arg(long, default_value = "data/street2shop/manifest.csv")]
+        manifest: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        #[arg(long)]
+        limit_products: Option<usize>,
+        /// The query photo, e.g. a 12 MP JPEG.
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long, default_value_t = 30)]
+        iterations: usize,
+        /// Street photos used to measure recall against exact search.
+        #[arg(long, default_value_t = 200)]
+        recall_queries: usize,
+        #[arg(long, default_value_t = 256)]
+        candidates: usize,
+        #[arg(long, default_value = "bench-report.json")]
+        output: PathBuf,
+    },
 }
 
 fn parse_unit(s: &str) -> Result<Grouping, String> {
@@ -84,7 +109,9 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = match &cli.command {
-        Command::Serve { overrides } | Command::Eval { overrides, .. } => overrides,
+        Command::Serve { overrides }
+        | Command::Eval { overrides, .. }
+        | Command::Bench { overrides, .. } => overrides,
     };
     let config = match Config::load(cli.config.as_deref(), std::env::vars(), overrides) {
         Ok(c) => c,
@@ -129,6 +156,32 @@ fn main() -> ExitCode {
                 };
                 let report = snapshop::eval::run_in_temp_dir(config, &opts).await?;
                 print!("{}", snapshop::eval::table(&report));
+                std::fs::write(&output, serde_json::to_string_pretty(&report)?)?;
+                println!("report written to {}", output.display());
+                Ok(())
+            }
+            Command::Bench {
+                manifest,
+                split,
+                limit_products,
+                image,
+                iterations,
+                recall_queries,
+                candidates,
+                output,
+                ..
+            } => {
+                let opts = snapshop::bench::BenchOptions {
+                    manifest,
+                    split,
+                    limit_products,
+                    image,
+                    iterations,
+                    recall_queries,
+                    candidates,
+                };
+                let report = snapshop::bench::run_in_temp_dir(config, &opts).await?;
+                print!("{}", snapshop::bench::table(&report));
                 std::fs::write(&output, serde_json::to_string_pretty(&report)?)?;
                 println!("report written to {}", output.display());
                 Ok(())
