@@ -87,7 +87,8 @@ pub fn refresh(state: &AppState) {
     metrics::gauge!("snapshop_index_tombstones").set(stats.tombstones as f64);
     metrics::gauge!("snapshop_index_rebuilds").set(stats.rebuilds as f64);
     metrics::gauge!("snapshop_catalog_products").set(state.catalog.product_count() as f64);
-    metrics::gauge!("snapshop_inference_queue_depth_current").set(state.queue.queue_depth() as f64);
+    metrics::gauge!(snapshop_inference::queue::METRIC_QUEUE_DEPTH)
+        .set(state.queue.queue_depth() as f64);
 }
 
 /// Sets the model info gauge.

@@ -421,6 +421,8 @@ async fn upload_search_filter_update_delete_restart() {
         "snapshop_model_info{",
         "snapshop_index_vectors{segment=\"fresh\"}",
         "snapshop_index_tombstones",
+        "snapshop_inference_batch_size_bucket{kind=\"rerank\"",
+        "snapshop_inference_queue_depth",
         "snapshop_errors_total{code=\"product_not_found\"}",
     ] {
         assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
