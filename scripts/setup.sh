@@ -7,6 +7,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
 
+# libjpeg-turbo's headers: the service decodes JPEG with the same library as Pillow, so that its
+# pixels match the training pipeline's exactly (the rust-svc machine image already has them).
+if ! dpkg -s libjpeg62-turbo-dev >/dev/null 2>&1; then
+  echo "setup: installing libjpeg62-turbo-dev (Debian)"
+  apt-get update -qq && apt-get install -y -qq libjpeg62-turbo-dev
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
