@@ -445,7 +445,8 @@ impl ShopIndex {
     /// Top `k` live keys by dot product with `query`, best first (ties by key), restricted to
     /// `allowed` when given.
     ///
-    /// A selective filter (at most `exact_filter_max_keys` keys, or at most
+    /// Small indexes (at most `exact_search_max_live` keys) are always scanned exactly. A
+    /// selective filter (at most `exact_filter_max_keys` keys, or at most
     /// `exact_filter_fraction` of the live set) is answered by an exact scan of the allowed
     /// keys; otherwise the graph is searched with a widened `ef` and its results post-filtered,
     /// with an exact fallback if that yields fewer than `k`. Never returns a removed key.
@@ -464,6 +465,9 @@ impl ShopIndex {
         let live = st.entries.len();
         if live == 0 {
             return Ok(Vec::new());
+        }
+        if live <= cfg.exact_search_max_live {
+            return Ok(st.search_exact(&q, k, allowed));
         }
         if let Some(a) = allowed {
             if is_selective(cfg, a.len(), live) {

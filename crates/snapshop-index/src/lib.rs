@@ -5,7 +5,7 @@
 //! the source of truth; this crate is a rebuildable cache of it and must never be the only copy
 //! of anything. It must never panic on caller data (bad vectors, corrupt snapshots are errors).
 //!
-//! Layout: [`vector`](crate::vector) (validation, dot, top-k), `graph` (immutable hnsw_rs
+//! Layout: `vector` (validation, dot, top-k), `graph` (immutable hnsw_rs
 //! graph), `index` ([`ShopIndex`]: arena, fresh segment, tombstones, rebuilds) and `snapshot`
 //! (atomic on-disk snapshots).
 
@@ -44,12 +44,17 @@ pub struct IndexConfig {
     pub exact_filter_max_keys: usize,
     /// `needs_maintenance` once tombstones exceed this fraction of the graph's points.
     pub rebuild_tombstone_fraction: f32,
+    /// With at most this many live keys every search is an exact scan. An HNSW search with
+    /// `ef = 512, M = 16` visits on the order of `ef × 2M ≈ 16k` points with far more overhead
+    /// per point than a flat scan, so below that the graph cannot win (measured: see README).
+    /// Set to 0 to always use the graph.
+    pub exact_search_max_live: usize,
 }
 
 impl IndexConfig {
     /// The defaults: M = 16, ef_construction = 200, ef_search = 512, fresh_capacity = 4096,
     /// exact_filter_fraction = 0.2, exact_filter_max_keys = 4096,
-    /// rebuild_tombstone_fraction = 0.2.
+    /// rebuild_tombstone_fraction = 0.2, exact_search_max_live = 16384.
     pub fn new(dim: usize) -> Self {
         Self {
             dim,
@@ -60,6 +65,7 @@ impl IndexConfig {
             exact_filter_fraction: 0.2,
             exact_filter_max_keys: 4096,
             rebuild_tombstone_fraction: 0.2,
+            exact_search_max_live: 16_384,
         }
     }
 

@@ -311,6 +311,7 @@ mod tests {
             .collect();
         let cfg = IndexConfig {
             ef_construction: 64,
+            exact_search_max_live: 0,
             ..IndexConfig::new(dim)
         };
         (

@@ -7,10 +7,12 @@ fn no_stop() -> AtomicBool {
     AtomicBool::new(false)
 }
 
-/// A config that builds quickly in debug; search quality knobs stay at their defaults.
+/// A config that builds quickly in debug and always searches through the graph (test sets
+/// are far below the default `exact_search_max_live`); search knobs stay at their defaults.
 fn test_cfg(dim: usize) -> IndexConfig {
     IndexConfig {
         ef_construction: 64,
+        exact_search_max_live: 0,
         ..IndexConfig::new(dim)
     }
 }
@@ -85,7 +87,7 @@ fn recall_at_256_against_exact() {
     let data = random_unit_vectors(n, dim, 11);
     let cfg = IndexConfig {
         ef_construction: 100,
-        ..IndexConfig::new(dim)
+        ..test_cfg(dim)
     };
     let idx = ShopIndex::build(cfg, items(&data, dim, 0), &no_stop()).expect("build");
     let mut rng = SplitMix::new(12);
@@ -289,6 +291,22 @@ fn loose_filter_falls_back_to_exact_when_graph_comes_up_short() {
     let allowed: HashSet<Key> = all[n - 360..].iter().map(|h| h.key).collect();
     let got = idx.search(q, 300, Some(&allowed)).expect("s");
     assert_eq!(got, idx.search_exact(q, 300, Some(&allowed)).expect("e"));
+}
+
+#[test]
+fn small_index_with_default_config_is_searched_exactly() {
+    let dim = 16;
+    let data = random_unit_vectors(300, dim, 55);
+    let idx =
+        ShopIndex::build(IndexConfig::new(dim), items(&data, dim, 0), &no_stop()).expect("build");
+    let mut rng = SplitMix::new(56);
+    for _ in 0..10 {
+        let q = unit_vector(&mut rng, dim);
+        assert_eq!(
+            idx.search(&q, 50, None).expect("s"),
+            idx.search_exact(&q, 50, None).expect("e")
+        );
+    }
 }
 
 #[test]
