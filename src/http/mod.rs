@@ -53,7 +53,7 @@ pub fn router(state: AppState) -> Router {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
                     tracing::info_span!("request", method = %req.method(), route, request_id = id)
-                }))
+                }).on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::internal(anyhow::anyhow!("a handler panicked")).into_response()
