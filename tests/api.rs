@@ -992,3 +992,65 @@ async fn p_at_k_parity_with_the_pipeline() {
     );
     app.stop().await;
 }
+
+/// Embeddings made by another model version are re-embedded from the stored files at start.
+#[tokio::test]
+async fn embeddings_of_another_model_are_redone_at_start() {
+    let products: Vec<FixtureProduct> = catalogue().into_iter().take(3).collect();
+    let app = spawn_app().await;
+    let mut images = 0;
+    for p in &products {
+        let r = app
+            .create_product(
+                MERCHANT,
+                &json!({"id": p.id, "title": p.id, "tags": p.tags}),
+                &p.shop,
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        images += p.shop.len();
+    }
+    let q = products[0]
+        .user
+        .first()
+        .unwrap_or(&products[0].shop[0])
+        .clone();
+    let before = app.search_json(&q, "k=3").await;
+    let dir = app.stop().await;
+
+    // Pretend an older model made them.
+    let db = dir.path().join("snapshop.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let changed = sqlx::query("UPDATE embeddings SET model_version = 'an-older-model'")
+        .execute(&pool)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(changed as usize, images);
+    pool.close().await;
+
+    let app = spawn_app_with(dir, |_| {}).await;
+    let ready: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["index"]["live"], images, "{ready}");
+    let after = app.search_json(&q, "k=3").await;
+    assert_eq!(ids(&after), ids(&before));
+    let (a, b) = (
+        &after["results"][0]["score"],
+        &before["results"][0]["score"],
+    );
+    assert!(
+        (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-4,
+        "{a} vs {b}"
+    );
+    app.stop().await;
+}
