@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     run = Path(args.run)
     setup_logging(run)
-    command = "python -m snapshop_ml.pipeline " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = " ".join(["scripts/train.sh"] + [shlex.quote(a) for a in (argv or sys.argv[1:])])
     try:
         data = ensure_dataset(Path(args.data), args.seed, args.scale)
         cfg = TrainConfig(data=str(data), out=str(run), seed=args.seed, cache_dir=str(HERE / ".cache"))
