@@ -121,6 +121,7 @@ pub fn index_config(config: &Config, dim: usize) -> IndexConfig {
     c.ef_search = s.ef_search;
     c.fresh_capacity = s.fresh_capacity;
     c.exact_filter_fraction = s.exact_filter_fraction;
+    c.exact_search_max_live = s.exact_search_max_live;
     c.rebuild_tombstone_fraction = s.rebuild_tombstone_fraction;
     c
 }

@@ -133,6 +133,9 @@ pub struct IndexSettings {
     pub fresh_capacity: usize,
     /// Filters that allow at most this fraction of the index are answered by an exact scan.
     pub exact_filter_fraction: f32,
+    /// Indexes of at most this many vectors are always scanned exactly (faster than the graph
+    /// at that size, and exact).
+    pub exact_search_max_live: usize,
     /// Rebuild the graph when this fraction of it is tombstoned.
     pub rebuild_tombstone_fraction: f32,
     /// Seconds between background maintenance checks.
@@ -200,6 +203,7 @@ impl Default for IndexSettings {
             ef_search: 512,
             fresh_capacity: 4096,
             exact_filter_fraction: 0.2,
+            exact_search_max_live: 16_384,
             rebuild_tombstone_fraction: 0.2,
             maintain_interval_secs: 30,
         }

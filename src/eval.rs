@@ -272,11 +272,19 @@ pub async fn run(state: &AppState, opts: &EvalOptions) -> anyhow::Result<EvalRep
                 let outcome = search::search(state, Bytes::from(b), search_opts)
                     .await
                     .with_context(|| format!("searching with {}", q.image.display()))?;
+                // As the pipeline counts: 0-based rank = results scoring strictly higher than
+                // the query's product, so that exact ties do not depend on the order.
                 let rank = |by_rerank: bool| {
-                    outcome
-                        .top(max_k, opts.unit, by_rerank)
-                        .iter()
-                        .position(|c| c.product.external_id == q.product_id)
+                    let top = outcome.top(max_k, opts.unit, by_rerank);
+                    let key = |c: &search::Candidate| {
+                        if by_rerank {
+                            c.score()
+                        } else {
+                            c.first_pass_score
+                        }
+                    };
+                    let own = top.iter().find(|c| c.product.external_id == q.product_id)?;
+                    Some(top.iter().filter(|c| key(c) > key(own)).count())
                 };
                 anyhow::Ok((rank(false), rank(outcome.reranked)))
             }

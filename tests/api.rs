@@ -966,8 +966,17 @@ async fn p_at_k_parity_with_the_pipeline() {
             let body = app
                 .search_json(&q.image, &format!("k={max_k}&rerank={rerank}"))
                 .await;
-            let found = ids(&body);
-            let rank = found.iter().position(|id| *id == q.product_id);
+            // As the pipeline counts: results scoring strictly higher than the query's product.
+            let results = body["results"].as_array().unwrap();
+            let rank = results
+                .iter()
+                .find(|r| r["product_id"] == q.product_id.as_str())
+                .map(|own| {
+                    results
+                        .iter()
+                        .filter(|r| r["score"].as_f64() > own["score"].as_f64())
+                        .count()
+                });
             for &k in &ks {
                 *hits.entry((mode, k)).or_default() += usize::from(rank.is_some_and(|r| r < k));
             }
