@@ -203,7 +203,7 @@ impl Default for IndexSettings {
             ef_search: 512,
             fresh_capacity: 4096,
             exact_filter_fraction: 0.2,
-            exact_search_max_live: 16_384,
+            exact_search_max_live: 32_768,
             rebuild_tombstone_fraction: 0.2,
             maintain_interval_secs: 30,
         }

@@ -346,6 +346,30 @@ pub fn table(r: &EvalReport) -> String {
         }
         s.push('\n');
     }
+    // The pipeline's own figures for the same split, when the manifest carries them.
+    let rows = &r.pipeline["rows"];
+    for (name, row, ours) in [
+        (
+            "pipeline 1st",
+            &rows["ctxynet first pass"][&r.split],
+            &r.first_pass,
+        ),
+        ("pipeline rr", &rows["ctxynet"][&r.split], &r.rerank),
+    ] {
+        if !row.is_object() {
+            continue;
+        }
+        s.push_str(&format!("{name:<12}"));
+        let mut gaps = Vec::new();
+        for k in &r.k {
+            let theirs = row[k.to_string()].as_f64();
+            s.push_str(&format!("{:>8.4}", theirs.unwrap_or(f64::NAN)));
+            if let (Some(t), Some(o)) = (theirs, ours.get(&k.to_string())) {
+                gaps.push(format!("P@{k} {:+.2} pt", 100.0 * (o - t)));
+            }
+        }
+        s.push_str(&format!("   (service - pipeline: {})\n", gaps.join(", ")));
+    }
     s.push_str(&format!(
         "ingest {:.1} s, search {:.1} s ({:.1} ms/query)\n",
         r.ingest_seconds,
