@@ -41,7 +41,11 @@ fn jpeg_12mp() -> Vec<u8> {
         let t = ((x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 28) as u8;
         let r = (x * 255 / w) as u8 ^ (t & 7);
         let g = (y * 255 / h) as u8;
-        let b = if (x / 250 + y / 250) % 2 == 0 { 200 } else { 40 };
+        let b = if (x / 250 + y / 250) % 2 == 0 {
+            200
+        } else {
+            40
+        };
         image::Rgb([r, g.wrapping_add(t), b])
     });
     let mut out = Vec::new();
@@ -71,14 +75,16 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function(format!("resize_fast_image_resize_to_{SIDE}"), |b| {
         let mut resizer = fr::Resizer::new();
-        let options =
-            fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
-        let src = fr::images::ImageRef::new(4000, 3000, decoded.as_raw(), fr::PixelType::U8x3)
-            .unwrap();
+        let options = fr::ResizeOptions::new()
+            .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+        let src =
+            fr::images::ImageRef::new(4000, 3000, decoded.as_raw(), fr::PixelType::U8x3).unwrap();
         let mut dst = fr::images::Image::new(SIDE as u32, SIDE as u32, fr::PixelType::U8x3);
         b.iter(|| resizer.resize(black_box(&src), &mut dst, &options).unwrap())
     });
-    g.bench_function("to_tensor", |b| b.iter(|| pre.to_tensor(black_box(&resized))));
+    g.bench_function("to_tensor", |b| {
+        b.iter(|| pre.to_tensor(black_box(&resized)))
+    });
     g.bench_function("prepare_total", |b| {
         b.iter(|| pre.prepare(black_box(&bytes), &limits).unwrap())
     });

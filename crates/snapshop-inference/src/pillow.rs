@@ -7,10 +7,14 @@
 //! off by one (measured in `preprocess::tests`). This module must keep Pillow's arithmetic
 //! exactly: f64 coefficients normalised per output pixel, rounded to `PRECISION_BITS` fixed
 //! point, horizontal pass first over only the rows the vertical pass reads, a rounding and
-//! clamping to 8 bits between the passes. Any "optimisation" that changes that order or
+//! clamping to 8 bits between the passes (and Pillow 13's choice of which pass goes first). Any "optimisation" that changes that order or
 //! precision changes the model's inputs.
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
+/// Source rows the horizontal pass handles together (see `resize_rgb8`).
+const BLOCK: usize = 8;
+/// Samples per column of a block: BLOCK rows × 3 channels.
+const LANES: usize = BLOCK * 3;
 /// Pillow's BILINEAR filter support.
 const SUPPORT: f64 = 1.0;
 
@@ -91,42 +95,89 @@ pub(crate) fn resize_rgb8(src: &[u8], w: usize, h: usize, out_w: usize, out_h: u
         // Pillow returns a copy without resampling.
         return src.to_vec();
     }
-    let half = 1i32 << (PRECISION_BITS - 1);
     let vert = coeffs(h, out_h);
+    // Pillow 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height
+    // shrinks by more than twice as many pixels as the width; the order changes the rounding
+    // between the passes, so it is reproduced to the letter.
+    let vertical_first = h > out_h && (h - out_h) as i64 > 2 * (w as i64 - out_w as i64);
+    if vertical_first {
+        let tmp = vertical_pass(src, w, &vert, 0, out_h);
+        if out_w == w {
+            return tmp;
+        }
+        return horizontal_pass(&tmp, w, 0, out_h, &coeffs(w, out_w), out_w);
+    }
+    if out_w == w {
+        return vertical_pass(src, w, &vert, 0, out_h);
+    }
     // Only the source rows the vertical pass reads go through the horizontal pass.
     let y_first = vert.bounds[0].0;
     let y_last = vert.bounds[out_h - 1].0 + vert.bounds[out_h - 1].1;
-
-    let (tmp, tmp_w, row_offset) = if out_w != w {
-        let horiz = coeffs(w, out_w);
-        let rows = y_last - y_first;
-        let mut tmp = vec![0u8; rows * out_w * 3];
-        for (y, out_row) in tmp.chunks_exact_mut(out_w * 3).enumerate() {
-            let in_row = &src[(y + y_first) * w * 3..(y + y_first + 1) * w * 3];
-            for (xx, px) in out_row.chunks_exact_mut(3).enumerate() {
-                let (xmin, n) = horiz.bounds[xx];
-                let k = &horiz.weights[xx * horiz.ksize..xx * horiz.ksize + n];
-                let taps = &in_row[xmin * 3..(xmin + n) * 3];
-                let (mut s0, mut s1, mut s2) = (half, half, half);
-                for (p, &kx) in taps.chunks_exact(3).zip(k) {
-                    s0 += i32::from(p[0]) * kx;
-                    s1 += i32::from(p[1]) * kx;
-                    s2 += i32::from(p[2]) * kx;
-                }
-                px[0] = clip8(s0);
-                px[1] = clip8(s1);
-                px[2] = clip8(s2);
-            }
-        }
-        (tmp, out_w, y_first)
-    } else {
-        (src.to_vec(), w, 0)
-    };
+    let tmp = horizontal_pass(src, w, y_first, y_last, &coeffs(w, out_w), out_w);
     if out_h == h {
         return tmp;
     }
+    vertical_pass(&tmp, out_w, &vert, y_first, out_h)
+}
 
-    let row_len = tmp_w * 3;
+/// Pillow's `ImagingResampleHorizontal_8bpc` over source rows `y_first..y_last`.
+fn horizontal_pass(
+    src: &[u8],
+    w: usize,
+    y_first: usize,
+    y_last: usize,
+    horiz: &Coeffs,
+    out_w: usize,
+) -> Vec<u8> {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let rows = y_last - y_first;
+    let mut tmp = vec![0u8; rows * out_w * 3];
+    // Rows are processed BLOCK at a time, stored column-major (`cols[x][row][channel]`), so
+    // that one weight multiplies BLOCK * 3 contiguous samples: a fixed-size loop the compiler
+    // vectorises. Each output sample is still Pillow's exact integer sum.
+    let mut cols = vec![0u8; w * LANES];
+    for block in (0..rows).step_by(BLOCK) {
+        let nr = BLOCK.min(rows - block);
+        for r in 0..nr {
+            let y = y_first + block + r;
+            let in_row = &src[y * w * 3..(y + 1) * w * 3];
+            for (x, p) in in_row.chunks_exact(3).enumerate() {
+                cols[x * LANES + r * 3..x * LANES + r * 3 + 3].copy_from_slice(p);
+            }
+        }
+        for xx in 0..out_w {
+            let (xmin, n) = horiz.bounds[xx];
+            let k = &horiz.weights[xx * horiz.ksize..xx * horiz.ksize + n];
+            let mut acc = [half; LANES];
+            for (t, &kx) in k.iter().enumerate() {
+                let col: &[u8; LANES] = cols[(xmin + t) * LANES..(xmin + t + 1) * LANES]
+                    .try_into()
+                    .expect("LANES-long slice; this is a bug");
+                for (a, &p) in acc.iter_mut().zip(col) {
+                    *a += i32::from(p) * kx;
+                }
+            }
+            for r in 0..nr {
+                let o = ((block + r) * out_w + xx) * 3;
+                for c in 0..3 {
+                    tmp[o + c] = clip8(acc[r * 3 + c]);
+                }
+            }
+        }
+    }
+    tmp
+}
+
+/// Pillow's `ImagingResampleVertical_8bpc`; `src` row 0 is source row `row_offset`.
+fn vertical_pass(
+    src: &[u8],
+    width: usize,
+    vert: &Coeffs,
+    row_offset: usize,
+    out_h: usize,
+) -> Vec<u8> {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let row_len = width * 3;
     let mut out = vec![0u8; out_h * row_len];
     let mut acc = vec![0i32; row_len];
     for (yy, out_row) in out.chunks_exact_mut(row_len).enumerate() {
@@ -137,7 +188,7 @@ pub(crate) fn resize_rgb8(src: &[u8], w: usize, h: usize, out_w: usize, out_h: u
         // associative) so the inner loop runs over contiguous memory and vectorises.
         for (y, &ky) in k.iter().enumerate() {
             let r = ymin + y - row_offset;
-            let in_row = &tmp[r * row_len..(r + 1) * row_len];
+            let in_row = &src[r * row_len..(r + 1) * row_len];
             for (a, &p) in acc.iter_mut().zip(in_row) {
                 *a += i32::from(p) * ky;
             }

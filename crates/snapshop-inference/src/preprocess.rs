@@ -599,7 +599,7 @@ mod tests {
 
     /// fast_image_resize's bilinear convolution against Pillow 13's `resize(BILINEAR)` on
     /// synthetic images with hard edges (fixtures from `tests/fixtures/make_pillow_fixtures.py`),
-    /// downscaling and upscaling. Bit-exact.
+    /// downscaling, upscaling, one axis only, and vertical-pass-first. Bit-exact.
     #[test]
     fn resize_matches_pillow_bilinear() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -607,7 +607,13 @@ mod tests {
             let bytes = std::fs::read(dir.join(format!("pillow_{src}_src.png"))).unwrap();
             let source = decode(&bytes, &ImageLimits::default()).unwrap().image;
             let (sw, sh) = (source.width() as usize, source.height() as usize);
-            for (w, h) in [(224usize, 224usize), (61, 45), (sw, 120), (100, sh)] {
+            for (w, h) in [
+                (224usize, 224usize),
+                (61, 45),
+                (sw, 120),
+                (100, sh),
+                (sw - 10, sh / 3),
+            ] {
                 let expected = image::open(dir.join(format!("pillow_{src}_{w}x{h}.png")))
                     .unwrap()
                     .to_rgb8();
