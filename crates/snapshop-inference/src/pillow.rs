@@ -1,13 +1,14 @@
 //! A bit-exact port of Pillow's `Image.resize(size, Image.BILINEAR)` for 8-bit RGB
-//! (`libImaging/Resample.c`, Pillow 10-13).
+//! (`libImaging/Resample.c` of Pillow 13, the version pinned in `models/requirements.txt`).
 //!
 //! It exists because the model was trained on Pillow's output and `fast_image_resize`, although
 //! it implements the same separable antialiased convolution, keeps its coefficients in 16-bit
-//! fixed point (Pillow-SIMD's choice) where Pillow uses 22 bits: about 7% of its output bytes are
-//! off by one (measured in `preprocess::tests`). This module must keep Pillow's arithmetic
-//! exactly: f64 coefficients normalised per output pixel, rounded to `PRECISION_BITS` fixed
-//! point, horizontal pass first over only the rows the vertical pass reads, a rounding and
-//! clamping to 8 bits between the passes (and Pillow 13's choice of which pass goes first). Any "optimisation" that changes that order or
+//! fixed point (Pillow-SIMD's choice) where Pillow uses 22 bits: about 7% of its output bytes
+//! are off by one on the test fixtures. This module must keep Pillow's arithmetic exactly: f64
+//! coefficients normalised per output pixel, rounded to `PRECISION_BITS` fixed point, Pillow
+//! 13's pass order (vertical first when the height shrinks by more than twice as many pixels as
+//! the width, else horizontal first over only the rows the vertical pass reads), and a rounding
+//! and clamping to 8 bits between the passes. Any "optimisation" that changes that order or
 //! precision changes the model's inputs.
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
