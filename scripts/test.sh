@@ -6,6 +6,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh --no-build
 . scripts/env.sh
+# Tests that need ONNX Runtime or the shipped bundle fail here, instead of skipping, when either
+# is missing: CI must never pass by testing less.
+export SNAPSHOP_REQUIRE_ORT=1 SNAPSHOP_REQUIRE_BUNDLE=1
 echo "== pytest (models/)"
 (cd models && ../.venv/bin/python -m pytest -q -p no:cacheprovider tests)
 echo "== cargo test (workspace)"
