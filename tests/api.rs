@@ -1063,3 +1063,34 @@ async fn embeddings_of_another_model_are_redone_at_start() {
     );
     app.stop().await;
 }
+
+/// Past the admission limit, searches fail fast with 503 `overloaded` and `Retry-After`.
+#[tokio::test]
+async fn overload_is_refused_fast_with_retry_after() {
+    let products = catalogue();
+    let p = &products[0];
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_app_with(dir, |c| c.limits.max_concurrent_searches = 1).await;
+    let r = app
+        .create_product(
+            MERCHANT,
+            &json!({"id": p.id, "title": "t", "tags": p.tags}),
+            &p.shop,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let q = p.user.first().unwrap_or(&p.shop[0]).clone();
+    let responses = futures_util::future::join_all((0..8).map(|_| app.search(&q, "k=5"))).await;
+    let (mut ok, mut refused) = (0, 0);
+    for r in responses {
+        if r.status() == 200 {
+            ok += 1;
+            continue;
+        }
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_error(r, 503, "overloaded").await;
+        refused += 1;
+    }
+    assert!(ok >= 1 && refused >= 1, "{ok} served, {refused} refused");
+    app.stop().await;
+}
