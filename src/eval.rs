@@ -346,15 +346,21 @@ pub fn table(r: &EvalReport) -> String {
         }
         s.push('\n');
     }
-    // The pipeline's own figures for the same split, when the manifest carries them.
+    // The pipeline's own figures for the same split and the chain the bundle ships, when the
+    // manifest carries them.
     let rows = &r.pipeline["rows"];
+    let chain = match r.pipeline["shipped_chain"].as_str() {
+        Some("hard") => "ctxynet+batch-hard",
+        _ => "ctxynet",
+    };
+    let first_pass_row = format!("{chain} first pass");
     for (name, row, ours) in [
         (
             "pipeline 1st",
-            &rows["ctxynet first pass"][&r.split],
+            &rows[first_pass_row.as_str()][&r.split],
             &r.first_pass,
         ),
-        ("pipeline rr", &rows["ctxynet"][&r.split], &r.rerank),
+        ("pipeline rr", &rows[chain][&r.split], &r.rerank),
     ] {
         if !row.is_object() {
             continue;
