@@ -6,7 +6,7 @@
 //! `snapshop eval` ingests through exactly this code. It must never answer before the commit.
 
 use bytes::Bytes;
-use futures_util::future::try_join_all;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use snapshop_index::{IndexError, Key};
 use snapshop_inference::InferenceError;
 
@@ -70,6 +70,8 @@ pub struct Ingested {
 }
 
 const MAX_ID_LEN: usize = 256;
+/// Images of one request decoded and embedded at once.
+const IMAGES_IN_FLIGHT: usize = 4;
 const MAX_TITLE_LEN: usize = 1024;
 const MAX_TAGS: usize = 256;
 
@@ -194,8 +196,12 @@ async fn embed_new_images(
             })
         }
     });
-    // All at once, so that the inference queue can batch them.
-    try_join_all(work).await
+    // Several at once, so that the inference queue can batch them, but bounded: each decoded
+    // photo can take tens of megabytes.
+    stream::iter(work)
+        .buffered(IMAGES_IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 /// Re-embeds stored image files with a product's (new) tags.
@@ -226,7 +232,10 @@ pub async fn reembed_files(
             Ok::<_, IngestError>((image_id, embedding))
         }
     });
-    try_join_all(work).await
+    stream::iter(work)
+        .buffered(IMAGES_IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 /// Applies a committed write to the index and the catalogue. Call with the write lock held.

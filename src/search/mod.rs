@@ -8,7 +8,7 @@
 
 pub mod filter;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -127,12 +127,12 @@ impl SearchOutcome {
                 .then(a.first_pass_rank.cmp(&b.first_pass_rank))
         });
         let mut out = Vec::with_capacity(k);
-        let mut seen: HashMap<i64, ()> = HashMap::new();
+        let mut seen: HashSet<i64> = HashSet::new();
         for c in order {
             if out.len() == k {
                 break;
             }
-            if group == Grouping::Product && seen.insert(c.product.id, ()).is_some() {
+            if group == Grouping::Product && !seen.insert(c.product.id) {
                 continue;
             }
             out.push(c);
@@ -262,4 +262,60 @@ pub async fn search_prepared(
         timings,
         grid,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(key: Key, product: i64, rank: usize, first: f32, rerank: Option<f32>) -> Candidate {
+        Candidate {
+            key,
+            product: Arc::new(ProductEntry {
+                id: product,
+                merchant: "m".into(),
+                external_id: format!("p{product}"),
+                title: String::new(),
+                tags: Vec::new(),
+            }),
+            image_id: key as i64,
+            first_pass_rank: rank,
+            first_pass_score: first,
+            rerank_score: rerank,
+            attention: None,
+        }
+    }
+
+    #[test]
+    fn results_are_grouped_by_product_best_image_first() {
+        let outcome = SearchOutcome {
+            candidates: vec![
+                cand(1, 10, 1, 0.9, Some(0.2)),
+                cand(2, 20, 2, 0.8, Some(0.7)),
+                cand(3, 10, 3, 0.7, Some(0.6)),
+                cand(4, 30, 4, 0.6, Some(0.7)),
+            ],
+            reranked: true,
+            timings: Timings::default(),
+            grid: (1, 1),
+        };
+        let keys = |v: Vec<&Candidate>| v.iter().map(|c| c.key).collect::<Vec<_>>();
+        // Re-ranked: product 20 and 30 tie at 0.7 (first-pass order decides), product 10 at
+        // its best image (key 3, 0.6).
+        assert_eq!(
+            keys(outcome.top(10, Grouping::Product, true)),
+            vec![2, 4, 3]
+        );
+        assert_eq!(keys(outcome.top(2, Grouping::Product, true)), vec![2, 4]);
+        // First pass only.
+        assert_eq!(
+            keys(outcome.top(10, Grouping::Product, false)),
+            vec![1, 2, 4]
+        );
+        // Images, not products.
+        assert_eq!(
+            keys(outcome.top(10, Grouping::Image, true)),
+            vec![2, 4, 3, 1]
+        );
+    }
 }
