@@ -30,6 +30,8 @@ log = logging.getLogger("snapshop_ml.pipeline")
 HERE = Path(__file__).resolve().parent.parent  # models/
 ROOT = HERE.parent
 SUBSET_KS = (1, 5, 10, 20)
+DEFAULT_DATA = ROOT / "data/street2shop/manifest.csv"
+DEFAULT_BUNDLE = HERE / "default"
 
 
 def ensure_dataset(data: Path, seed: int, scale: float) -> Path:
@@ -97,17 +99,23 @@ def write_subset_fixture(ds: RetrievalDataset, onnx: OnnxBundle, out: Path, prod
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT / "data/street2shop/manifest.csv"))
-    ap.add_argument("--bundle", default=str(HERE / "default"))
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     ap.add_argument("--run", default=str(HERE / "runs/default"))
-    ap.add_argument("--docs", default=str(ROOT / "docs"))
-    ap.add_argument("--fixture", default=str(ROOT / "tests/fixtures/subset"))
+    ap.add_argument("--docs", default=None,
+                    help="results.md and figures (default: docs/ for the default bundle, else <run>/docs)")
+    ap.add_argument("--fixture", default=None,
+                    help="Rust parity subset (default: tests/fixtures/subset for the default bundle, else <run>/subset)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="benchmark size when it has to be generated")
     ap.add_argument("--steps", type=int, nargs=3, metavar=("YNET", "TAG", "CTX"), default=None)
     args = ap.parse_args(argv)
     t0 = time.time()
     run = Path(args.run)
+    # Only the default bundle may overwrite the repository's docs and the service's parity fixture.
+    is_default = Path(args.data).resolve() == DEFAULT_DATA and Path(args.bundle).resolve() == DEFAULT_BUNDLE
+    args.docs = args.docs or str(ROOT / "docs" if is_default else run / "docs")
+    args.fixture = args.fixture or str(ROOT / "tests/fixtures/subset" if is_default else run / "subset")
     setup_logging(run)
     command = " ".join(["scripts/train.sh"] + [shlex.quote(a) for a in (argv or sys.argv[1:])])
     try:
