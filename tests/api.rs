@@ -473,6 +473,17 @@ async fn upload_search_filter_update_delete_restart() {
         .search_json(&queries[0].user[0], "k=5&merchant=acme")
         .await);
     assert_eq!(found, before[&queries[0].id]);
+
+    // So is a corrupt one.
+    let dir = app.stop().await;
+    for entry in std::fs::read_dir(dir.path().join("index")).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+    }
+    let app = spawn_app_with(dir, |_| {}).await;
+    let found = ids(&app
+        .search_json(&queries[0].user[0], "k=5&merchant=acme")
+        .await);
+    assert_eq!(found, before[&queries[0].id]);
     app.stop().await;
 }
 
