@@ -223,19 +223,6 @@ impl Catalog {
     pub fn product_count(&self) -> usize {
         self.read().products.len()
     }
-
-    pub fn key_count(&self) -> usize {
-        self.read().keys.len()
-    }
-
-    /// All tags in use, with their product counts.
-    pub fn tag_counts(&self) -> HashMap<String, usize> {
-        self.read()
-            .by_tag
-            .iter()
-            .map(|(t, s)| (t.clone(), s.len()))
-            .collect()
-    }
 }
 
 #[cfg(test)]

@@ -650,7 +650,7 @@ impl Store {
         Ok(EmbeddingRef { id, image_id })
     }
 
-    /// Whether any merchant exists (cheap readiness probe of the database).
+    /// A trivial query: the database answers (readiness probe).
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
