@@ -596,6 +596,19 @@ async fn bad_input_gets_its_error_code() {
         "payload_too_large",
     )
     .await;
+    let big = reqwest::multipart::Form::new().part(
+        "image",
+        reqwest::multipart::Part::bytes(vec![0xff; 3 * 1024 * 1024])
+            .mime_str("image/jpeg")
+            .unwrap(),
+    );
+    let r = c
+        .post(app.url("/v1/search"))
+        .multipart(big)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 413, "payload_too_large").await;
     assert_error(
         search("image/jpeg", Vec::new()).await.unwrap(),
         400,
