@@ -939,13 +939,11 @@ async fn bad_input_gets_its_error_code() {
 async fn p_at_k_parity_with_the_pipeline() {
     let dir = subset_dir();
     let expected_path = dir.join("expected.json");
-    if !expected_path.is_file() {
-        eprintln!(
-            "SKIPPED: {} is missing (the model lead commits the subset)",
-            expected_path.display()
-        );
-        return;
-    }
+    assert!(
+        expected_path.is_file(),
+        "{} is missing: `scripts/train.sh` writes it with the default bundle",
+        expected_path.display()
+    );
     let expected: Value = serde_json::from_slice(&std::fs::read(&expected_path).unwrap()).unwrap();
     let rows = snapshop::eval::read_manifest(&dir.join("manifest.csv")).unwrap();
     let ks: Vec<usize> = expected["k"]
