@@ -106,6 +106,18 @@ def set_trainable(model: YNet, trainable: list) -> None:
         p.requires_grad_(id(p) in ids)
 
 
+def start_stage(model: YNet, backbone: list, attention: list, cfg: TrainConfig, steps: int):
+    """Freeze everything but `backbone` + `attention`, and give the zero-initialised attention
+    parameters their own learning rate and no weight decay."""
+    set_trainable(model, backbone + attention)
+    model.train()
+    set_bn_eval(model)
+    groups = [{"params": backbone}]
+    if attention:
+        groups.append({"params": attention, "lr": cfg.attention_lr, "weight_decay": 0.0})
+    return make_optimizer(groups, cfg, steps)
+
+
 def run_steps(name: str, steps: int, opt, sched, step_fn, params) -> None:
     t0 = time.time()
     running = None
@@ -127,10 +139,7 @@ def run_steps(name: str, steps: int, opt, sched, step_fn, params) -> None:
 def train_ynet(model: YNet, stem: ActivationCache, sampler: Sampler, cfg: TrainConfig, mode: str) -> None:
     shared_top = model.shared[FROZEN_STEM_BLOCKS:]
     trainable = params_of(shared_top, model.shop_top, model.user_top, model.shop_proj, model.user_proj)
-    set_trainable(model, trainable)
-    model.train()
-    set_bn_eval(model)
-    opt, sched = make_optimizer([{"params": trainable}], cfg, cfg.steps_ynet)
+    opt, sched = start_stage(model, trainable, [], cfg, cfg.steps_ynet)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
 
     def step():
@@ -146,12 +155,7 @@ def train_ynet(model: YNet, stem: ActivationCache, sampler: Sampler, cfg: TrainC
 def train_tagynet(model: YNet, shared: ActivationCache, sampler: Sampler, vocab, cfg: TrainConfig, mode: str) -> None:
     attention = [model.tag_embed]
     backbone = params_of(model.shop_top, model.user_top, model.shop_proj, model.user_proj)
-    set_trainable(model, backbone + attention)
-    model.train()
-    set_bn_eval(model)
-    opt, sched = make_optimizer(
-        [{"params": backbone}, {"params": attention, "lr": cfg.attention_lr, "weight_decay": 0.0}], cfg, cfg.steps_tag
-    )
+    opt, sched = start_stage(model, backbone, attention, cfg, cfg.steps_tag)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
 
     def step():
@@ -182,12 +186,7 @@ def train_ctxynet(model: YNet, shared: ActivationCache, sampler: Sampler, shop_r
     shop = shop_embeddings(model, shared, shop_records, vocab)  # II + IV are fixed in this stage
     attention = [model.ctx_v, model.ctx_u]
     backbone = params_of(model.user_top, model.user_proj)
-    set_trainable(model, backbone + attention)
-    model.train()
-    set_bn_eval(model)
-    opt, sched = make_optimizer(
-        [{"params": backbone}, {"params": attention, "lr": cfg.attention_lr, "weight_decay": 0.0}], cfg, cfg.steps_ctx
-    )
+    opt, sched = start_stage(model, backbone, attention, cfg, cfg.steps_ctx)
     gen = torch.Generator().manual_seed(cfg.seed + 3)
 
     def step():
