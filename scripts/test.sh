@@ -18,11 +18,16 @@ echo "== pytest (models/)"
 echo "== cargo test (workspace)"
 cargo test --workspace --locked 2>&1 | tee "$log/cargo"
 
-py_passed=$(grep -Eo '[0-9]+ passed' "$log/pytest" | tail -n 1 | cut -d' ' -f1)
-py_failed=$(grep -Eo '[0-9]+ failed' "$log/pytest" | tail -n 1 | cut -d' ' -f1)
-sum() { awk '{ s += $1 } END { print s + 0 }'; }
-rs_passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log/cargo" | grep -Eo '[0-9]+ passed' | sum)
-rs_failed=$(grep -Eo '[0-9]+ failed;' "$log/cargo" | sum)
+# Counts from each runner's own summary lines (awk: no failure when a count is absent).
+count() { # FILE LINE-REGEX WORD -> sum of the numbers just before WORD on matching lines
+  awk -v re="$2" -v word="$3" '$0 ~ re { for (i = 2; i <= NF; i++) if ($i ~ "^" word) n += $(i - 1) } END { print n + 0 }' "$1"
+}
+py_summary="$log/pytest.last"
+grep -E '[0-9]+ (passed|failed)' "$log/pytest" | tail -n 1 > "$py_summary" || true
+py_passed=$(count "$py_summary" '.' passed)
+py_failed=$(count "$py_summary" '.' failed)
+rs_passed=$(count "$log/cargo" '^test result:' passed)
+rs_failed=$(count "$log/cargo" '^test result:' failed)
 echo "pytest: ${py_passed:-0} passed, ${py_failed:-0} failed"
 echo "cargo: ${rs_passed:-0} passed, ${rs_failed:-0} failed"
 echo "total: $(( ${py_passed:-0} + ${rs_passed:-0} )) passed, $(( ${py_failed:-0} + ${rs_failed:-0} )) failed"
