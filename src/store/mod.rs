@@ -362,13 +362,7 @@ impl Store {
             &mut changes,
         )
         .await?;
-        sqlx::query("UPDATE products SET updated_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(product_id)
-            .execute(&mut *tx)
-            .await?;
-        let record = Self::load_product(&mut tx, product_id).await?;
-        tx.commit().await?;
+        let record = Self::touch_and_commit(tx, product_id, now).await?;
         Ok((record, changes))
     }
 
@@ -419,13 +413,7 @@ impl Store {
             changes.removed.extend(old);
             changes.added.push((EmbeddingRef { id, image_id }, vector));
         }
-        sqlx::query("UPDATE products SET updated_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(product_id)
-            .execute(&mut *tx)
-            .await?;
-        let record = Self::load_product(&mut tx, product_id).await?;
-        tx.commit().await?;
+        let record = Self::touch_and_commit(tx, product_id, now).await?;
         Ok((record, changes))
     }
 
@@ -509,6 +497,23 @@ impl Store {
             out.push(Self::load_product(&mut conn, id).await?);
         }
         Ok(out)
+    }
+
+    /// Stamps `updated_at`, reads the product back and commits: how every write to an existing
+    /// product ends, so the record returned is exactly what was committed.
+    async fn touch_and_commit(
+        mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+        product_id: i64,
+        now: i64,
+    ) -> Result<ProductRecord> {
+        sqlx::query("UPDATE products SET updated_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(product_id)
+            .execute(&mut *tx)
+            .await?;
+        let record = Self::load_product(&mut tx, product_id).await?;
+        tx.commit().await?;
+        Ok(record)
     }
 
     async fn load_product(conn: &mut sqlx::SqliteConnection, id: i64) -> Result<ProductRecord> {
