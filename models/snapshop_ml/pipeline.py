@@ -151,7 +151,7 @@ def main(argv=None) -> int:
         (docs / "img").mkdir(parents=True, exist_ok=True)
         plot_pk(summary["results"], docs / "img/pk_test.png")
         pairs = [(s, p, t) for s, (p, t) in zip(*pick_fixtures(ds, 4))]
-        plot_attention(onnx, pairs, docs / "img/attention.png", model.cfg.grid)
+        plot_attention(onnx, pairs, docs / "img/attention.png", model.cfg.grid, model, vocab)
         wall = time.time() - t0
         training["wall_time_s"] = round(wall, 1)
         manifest = write_manifest(bundle, model, vocab, manifest["model_version"], evaluation, training,

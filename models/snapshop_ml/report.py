@@ -13,9 +13,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .evaluate import KS  # noqa: E402
+import torch  # noqa: E402
+
+from .evaluate import KS, tag_matrix  # noqa: E402
 from .export import OnnxBundle  # noqa: E402
-from .preprocess import load_rgb  # noqa: E402
+from .network import YNet, tag_attention  # noqa: E402
+from .preprocess import load_rgb, preprocess_file  # noqa: E402
 
 ROW_LABELS = {
     "pretrained": "1. MobileNetV2 ImageNet, mean-pooled",
@@ -61,19 +64,35 @@ def _heat(ax, img: Image.Image, weights: np.ndarray, grid: int, title: str) -> N
     ax.axis("off")
 
 
-def plot_attention(onnx: OnnxBundle, pairs: list[tuple[Path, Path, tuple[str, ...]]], path: Path, grid: int) -> None:
+@torch.no_grad()
+def tag_attention_map(model: YNet, shop: Path, tags: tuple[str, ...], vocab: list[str]) -> np.ndarray:
+    """TagYNet's attention (Eq. 2) over a shop image's grid: the graphs do not output it."""
+    model = model.eval()
+    x = torch.from_numpy(preprocess_file(shop, model.cfg.input_size))[None]
+    _, a = tag_attention(model.shop_map(model.shared(x)), tag_matrix([tags], vocab), model.tag_embed)
+    return a[0].numpy()
+
+
+def plot_attention(onnx: OnnxBundle, pairs: list[tuple[Path, Path, tuple[str, ...]]], path: Path, grid: int,
+                   model: YNet | None = None, vocab: list[str] | None = None) -> None:
     """For each (street photo, matching shop image): the query's CtxYNet attention w.r.t. the
-    shop image (max location green, min red) next to the shop image."""
+    shop image (max location green, min red) and, given the model, the shop image's TagYNet
+    attention from its tags."""
     fig, axes = plt.subplots(len(pairs), 2, figsize=(5, 2.6 * len(pairs)))
     axes = np.atleast_2d(axes)
     for row, (street, shop, tags) in enumerate(pairs):
         feats, _ = onnx.embed_user(street)
         cand = onnx.embed_shop(shop, tags)
         score, att = onnx.rerank(feats, cand[None])
-        _heat(axes[row, 0], load_rgb(street), att[0], grid, f"query attention (score {score[0]:.2f})")
-        axes[row, 1].imshow(load_rgb(shop))
-        axes[row, 1].set_title("\n".join([" ".join(tags[i : i + 3]) for i in range(0, len(tags), 3)]), fontsize=6)
-        axes[row, 1].axis("off")
+        _heat(axes[row, 0], load_rgb(street), att[0], grid, f"query: CtxYNet attention (score {score[0]:.2f})")
+        caption = "\n".join([" ".join(tags[i : i + 3]) for i in range(0, len(tags), 3)])
+        if model is not None and vocab is not None:
+            _heat(axes[row, 1], load_rgb(shop), tag_attention_map(model, shop, tags, vocab), grid,
+                  "shop: TagYNet attention\n" + caption)
+        else:
+            axes[row, 1].imshow(load_rgb(shop))
+            axes[row, 1].set_title(caption, fontsize=6)
+            axes[row, 1].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
