@@ -822,6 +822,29 @@ async fn bad_input_gets_its_error_code() {
     assert_error(r, 422, "image_undecodable").await;
     let r = c.get(product_url("bad-image")).send().await.unwrap();
     assert_error(r, 404, "product_not_found").await;
+    // A JPEG cut off mid-upload is refused (as Pillow refuses it), not stored padded with grey.
+    let whole = std::fs::read(&one[0]).unwrap();
+    let r = c
+        .post(products_url.clone())
+        .multipart(
+            reqwest::multipart::Form::new()
+                .part(
+                    "product",
+                    reqwest::multipart::Part::text("{\"id\": \"cut-image\", \"title\": \"t\"}"),
+                )
+                .part(
+                    "image",
+                    reqwest::multipart::Part::bytes(whole[..whole.len() / 2].to_vec())
+                        .mime_str("image/jpeg")
+                        .unwrap(),
+                ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 422, "image_undecodable").await;
+    let r = c.get(product_url("cut-image")).send().await.unwrap();
+    assert_error(r, 404, "product_not_found").await;
     let r = c
         .post(app.url("/v1/merchants/bad%20merchant/products"))
         .multipart(

@@ -9,12 +9,14 @@
 #include <string.h>
 
 #include <jpeglib.h>
+#include <jerror.h>
 
 struct shim_error {
     struct jpeg_error_mgr pub;
     jmp_buf jump;
     char *msg;
     unsigned long msg_len;
+    int truncated;
 };
 
 static void shim_error_exit(j_common_ptr cinfo) {
@@ -28,12 +30,24 @@ static void shim_error_exit(j_common_ptr cinfo) {
     longjmp(err->jump, 1);
 }
 
-/* Warnings (corrupt but decodable data) are not fatal, as in Pillow; keep them quiet. */
-static void shim_output_message(j_common_ptr cinfo) { (void)cinfo; }
+/*
+ * Warnings (corrupt but decodable data) are not fatal, as in Pillow; keep them quiet. One is:
+ * data that ends before the image does (libjpeg pads it with grey), which Pillow refuses as
+ * "image file is truncated" and so must the service, or a broken upload is stored as a product.
+ */
+static void shim_emit_message(j_common_ptr cinfo, int msg_level) {
+    struct shim_error *err = (struct shim_error *)cinfo->err;
+    if (msg_level < 0) {
+        err->pub.num_warnings++;
+        if (err->pub.msg_code == JWRN_JPEG_EOF) {
+            err->truncated = 1;
+        }
+    }
+}
 
 /*
  * Decodes `data` into `out` (`out_len` bytes, packed RGB rows). Returns 0 on success, 1 on a
- * libjpeg error (message in `msg`), 2 if the image is not `expect_w` x `expect_h` or does not
+ * libjpeg error or truncated data (message in `msg`), 2 if the image is not `expect_w` x `expect_h` or does not
  * fit `out`, 3 if libjpeg cannot produce RGB from this colour space (CMYK/YCCK).
  */
 int snapshop_jpeg_decode_rgb(const unsigned char *data, unsigned long len, unsigned char *out,
@@ -47,9 +61,10 @@ int snapshop_jpeg_decode_rgb(const unsigned char *data, unsigned long len, unsig
     memset(&cinfo, 0, sizeof(cinfo));
     cinfo.err = jpeg_std_error(&err.pub);
     err.pub.error_exit = shim_error_exit;
-    err.pub.output_message = shim_output_message;
+    err.pub.emit_message = shim_emit_message;
     err.msg = msg;
     err.msg_len = msg_len;
+    err.truncated = 0;
     if (setjmp(err.jump)) {
         if (created) {
             jpeg_destroy_decompress(&cinfo);
@@ -84,5 +99,12 @@ int snapshop_jpeg_decode_rgb(const unsigned char *data, unsigned long len, unsig
     }
     jpeg_finish_decompress(&cinfo);
     jpeg_destroy_decompress(&cinfo);
+    if (err.truncated) {
+        if (msg_len > 0) {
+            strncpy(msg, "the JPEG data ends before the image does (truncated file)", msg_len - 1);
+            msg[msg_len - 1] = '\0';
+        }
+        return 1;
+    }
     return 0;
 }

@@ -66,3 +66,38 @@ pub(crate) fn decode_rgb(data: &[u8], width: u32, height: u32) -> Result<Vec<u8>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(width: u32, height: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 5 % 256) as u8,
+                ((x + y) % 256) as u8,
+            ])
+        });
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+            .encode_image(&img)
+            .expect("encoding a small RGB image cannot fail");
+        bytes
+    }
+
+    #[test]
+    fn decodes_a_whole_jpeg() {
+        let bytes = jpeg(40, 30);
+        assert_eq!(decode_rgb(&bytes, 40, 30).unwrap().len(), 40 * 30 * 3);
+    }
+
+    #[test]
+    fn refuses_a_truncated_jpeg_as_pillow_does() {
+        let bytes = jpeg(64, 48);
+        match decode_rgb(&bytes[..bytes.len() / 2], 64, 48) {
+            Err(JpegError::Corrupt(msg)) => assert!(msg.contains("truncated"), "{msg}"),
+            other => panic!("expected a truncation error, got {other:?}"),
+        }
+    }
+}
