@@ -801,22 +801,22 @@ async fn bad_input_gets_its_error_code() {
         .await
         .unwrap();
     assert_error(r, 415, "unsupported_media_type").await;
-    let r = c
-        .post(products_url.clone())
-        .multipart(
-            reqwest::multipart::Form::new()
-                .part(
-                    "product",
-                    reqwest::multipart::Part::text("{\"id\": \"bad-image\", \"title\": \"t\"}"),
-                )
-                .part(
-                    "image",
-                    reqwest::multipart::Part::bytes(b"garbage".to_vec())
-                        .mime_str("image/jpeg")
-                        .unwrap(),
-                ),
-        )
-        .send()
+    // One image part of the given bytes, declared as a JPEG.
+    let create_from_bytes = |id: &str, bytes: Vec<u8>| {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "product",
+                reqwest::multipart::Part::text(json!({"id": id, "title": "t"}).to_string()),
+            )
+            .part(
+                "image",
+                reqwest::multipart::Part::bytes(bytes)
+                    .mime_str("image/jpeg")
+                    .unwrap(),
+            );
+        c.post(products_url.clone()).multipart(form).send()
+    };
+    let r = create_from_bytes("bad-image", b"garbage".to_vec())
         .await
         .unwrap();
     assert_error(r, 422, "image_undecodable").await;
@@ -824,22 +824,7 @@ async fn bad_input_gets_its_error_code() {
     assert_error(r, 404, "product_not_found").await;
     // A JPEG cut off mid-upload is refused (as Pillow refuses it), not stored padded with grey.
     let whole = std::fs::read(&one[0]).unwrap();
-    let r = c
-        .post(products_url.clone())
-        .multipart(
-            reqwest::multipart::Form::new()
-                .part(
-                    "product",
-                    reqwest::multipart::Part::text("{\"id\": \"cut-image\", \"title\": \"t\"}"),
-                )
-                .part(
-                    "image",
-                    reqwest::multipart::Part::bytes(whole[..whole.len() / 2].to_vec())
-                        .mime_str("image/jpeg")
-                        .unwrap(),
-                ),
-        )
-        .send()
+    let r = create_from_bytes("cut-image", whole[..whole.len() / 2].to_vec())
         .await
         .unwrap();
     assert_error(r, 422, "image_undecodable").await;
