@@ -1,0 +1,135 @@
+//! snapshop-store: the catalogue's source of truth (merchants, products, tags, images and
+//! their embeddings) behind one async trait, [`CatalogStore`].
+//!
+//! Everything in memory (the search view, the ANN index) is rebuilt from a store, so a store must
+//! be complete on its own: every write is one transaction, and what a write returns is exactly
+//! what it committed. Backends are selected by URL ([`open`]); each one passes the same contract
+//! suite ([`contract`]). This crate must never hold image bytes, call a model or know about HTTP.
+
+pub mod contract;
+mod error;
+pub mod sqlite;
+mod types;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+pub use error::{Result, StoreError};
+pub use types::*;
+
+/// What the service needs from its source of truth. Object-safe: held as `Arc<dyn CatalogStore>`.
+///
+/// Concurrency contract, which the contract suite checks:
+/// - writes to different products never wait on each other beyond the database's own locking;
+/// - every write to an existing product bumps its `version` by one, and a write given
+///   `expect = Some(v)` fails with [`StoreError::VersionConflict`] unless the product is at `v`
+///   when the write commits (compare-and-set, atomic with the write);
+/// - product ids and embedding ids (the ANN keys) are never reused, even after a delete;
+/// - a returned [`ProductState`] is the product's complete searchable state as committed by that
+///   write, so applying states in any order, keeping the highest version, converges.
+#[async_trait::async_trait]
+pub trait CatalogStore: Send + Sync + 'static {
+    /// A short name for logs and `/readyz`: `sqlite`, `postgres`, ...
+    fn backend(&self) -> &'static str;
+
+    /// A trivial round trip (readiness probe).
+    async fn ping(&self) -> Result<()>;
+
+    /// Closes the pool; later calls fail.
+    async fn close(&self);
+
+    // ---- reads -----------------------------------------------------------------------------
+
+    /// One product with its tags (sorted) and images (by id).
+    async fn get_product(&self, merchant: &str, external_id: &str) -> Result<ProductRecord>;
+
+    /// A page of a merchant's products in internal-id order, strictly after `after`. Loads tags
+    /// and images for the whole page in batches (a fixed number of queries per page).
+    async fn list_products(
+        &self,
+        merchant: &str,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ProductRecord>>;
+
+    /// Everything searchable for `model_version`: every product (also those without an
+    /// embedding by that model) with its tags and its embeddings by that model.
+    async fn load_states(&self, model_version: &str) -> Result<Vec<ProductState>>;
+
+    /// Up to `limit` images without an embedding by `model_version`, by image id, each with
+    /// what re-embedding it needs (the product's tags and version, the file path).
+    async fn stale_images(&self, model_version: &str, limit: usize) -> Result<Vec<StaleImage>>;
+
+    /// Of `paths` (relative image file paths), those that some image row still refers to.
+    async fn referenced_paths(&self, paths: &[String]) -> Result<HashSet<String>>;
+
+    /// Row counts, for metrics.
+    async fn counts(&self) -> Result<Counts>;
+
+    // ---- writes ----------------------------------------------------------------------------
+
+    /// Inserts a product at version 1 with its tags, images and their embeddings by
+    /// `model_version`. [`StoreError::ProductExists`] if the merchant already has `external_id`.
+    async fn create_product(
+        &self,
+        product: NewProduct,
+        images: Vec<NewImage>,
+        model_version: &str,
+    ) -> Result<Written>;
+
+    /// Adds images (with embeddings by `model_version`) to an existing product.
+    async fn add_images(
+        &self,
+        merchant: &str,
+        external_id: &str,
+        expect: Option<i64>,
+        images: Vec<NewImage>,
+        model_version: &str,
+    ) -> Result<Written>;
+
+    /// Changes fields and tags, and replaces embeddings. Each image in `update.embeddings` loses
+    /// every embedding it had (of any model version) and gets the given one by `model_version`,
+    /// under a new id: keys are never reused. A tag change without new embeddings is allowed
+    /// (the caller re-embeds); the old embeddings then stay until replaced.
+    async fn update_product(
+        &self,
+        merchant: &str,
+        external_id: &str,
+        expect: Option<i64>,
+        update: ProductUpdate,
+        model_version: &str,
+    ) -> Result<Written>;
+
+    /// Deletes a product with its tags, images and embeddings. Image files are not touched:
+    /// unreferenced files are swept later by the caller ([`CatalogStore::referenced_paths`]).
+    async fn delete_product(
+        &self,
+        merchant: &str,
+        external_id: &str,
+        expect: Option<i64>,
+    ) -> Result<Deleted>;
+
+    /// Stores embeddings by `model_version` for images whose product is still at the version
+    /// the caller read (`product_version`); others are skipped (their product changed, so the
+    /// embedding may have been made with stale tags). Replaces an existing embedding of the same
+    /// image and version. Returns how many were written. Does not bump product versions.
+    async fn put_embeddings(
+        &self,
+        model_version: &str,
+        embeddings: Vec<NewEmbedding>,
+    ) -> Result<usize>;
+
+    /// Deletes every embedding not made by `keep` (after a model switch). Returns the count.
+    async fn drop_other_versions(&self, keep: &str) -> Result<u64>;
+}
+
+/// Opens the store a URL names and runs its migrations: `sqlite://PATH` (created if missing).
+pub async fn open(database_url: &str) -> Result<Arc<dyn CatalogStore>> {
+    if let Some(path) = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))
+    {
+        return Ok(Arc::new(sqlite::SqliteStore::open(path.as_ref()).await?));
+    }
+    Err(StoreError::UnsupportedUrl(database_url.to_owned()))
+}

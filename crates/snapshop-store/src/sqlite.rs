@@ -1,0 +1,1 @@
+//! SQLite backend (being ported from the service's `src/store`).

@@ -1,0 +1,133 @@
+//! The values that cross the store boundary.
+
+/// A product as stored, with its tags (sorted) and images (by id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductRecord {
+    /// Internal id (never reused; never shown to clients as such).
+    pub id: i64,
+    pub merchant: String,
+    pub external_id: String,
+    pub title: String,
+    pub attributes: serde_json::Value,
+    pub tags: Vec<String>,
+    /// 1 at creation, +1 for every committed write to the product.
+    pub version: i64,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub images: Vec<ImageRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRecord {
+    pub id: i64,
+    pub product_id: i64,
+    pub sha256: String,
+    pub byte_size: i64,
+    pub width: u32,
+    pub height: u32,
+    pub format: String,
+    /// Relative to the data directory (`images/ab/cd/<sha256>.<ext>`); several images may share
+    /// one file.
+    pub path: String,
+}
+
+/// A product to create.
+#[derive(Debug, Clone)]
+pub struct NewProduct {
+    pub merchant: String,
+    pub external_id: String,
+    pub title: String,
+    pub attributes: serde_json::Value,
+    /// Normalised (trimmed, sorted, deduplicated) by the caller.
+    pub tags: Vec<String>,
+}
+
+/// An image to insert, with its embedding by the write's model version.
+#[derive(Debug, Clone)]
+pub struct NewImage {
+    pub sha256: String,
+    pub byte_size: i64,
+    pub width: u32,
+    pub height: u32,
+    pub format: String,
+    pub path: String,
+    pub embedding: Vec<f32>,
+}
+
+/// Changes to a product; `None` keeps the field.
+#[derive(Debug, Clone, Default)]
+pub struct ProductUpdate {
+    pub title: Option<String>,
+    pub attributes: Option<serde_json::Value>,
+    pub tags: Option<Vec<String>>,
+    /// New embeddings `(image_id, vector)` of some of the product's images; an image id that is
+    /// not the product's is an error ([`crate::StoreError::Corrupt`]).
+    pub embeddings: Vec<(i64, Vec<f32>)>,
+}
+
+/// One embedding row by some model version: `key` is the ANN index key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEmbedding {
+    pub key: i64,
+    pub image_id: i64,
+    pub vector: Vec<f32>,
+}
+
+/// A product's complete searchable state, for one model version, as some commit left it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductState {
+    pub product_id: i64,
+    pub version: i64,
+    pub merchant: String,
+    pub external_id: String,
+    pub title: String,
+    pub tags: Vec<String>,
+    /// The product's embeddings by the model version asked for, by key.
+    pub embeddings: Vec<StoredEmbedding>,
+}
+
+/// What a write to a product committed.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub product: ProductRecord,
+    /// The searchable state after the write, for the write's model version.
+    pub state: ProductState,
+}
+
+/// What a delete committed.
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    /// The product as it was just before the delete.
+    pub product: ProductRecord,
+}
+
+/// An image without an embedding by some model version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaleImage {
+    pub image_id: i64,
+    pub product_id: i64,
+    /// The product's version when read: pass it back in [`NewEmbedding`].
+    pub product_version: i64,
+    /// The product's tags at that version.
+    pub tags: Vec<String>,
+    pub path: String,
+}
+
+/// An embedding made from a [`StaleImage`].
+#[derive(Debug, Clone)]
+pub struct NewEmbedding {
+    pub image_id: i64,
+    pub product_id: i64,
+    pub product_version: i64,
+    pub vector: Vec<f32>,
+}
+
+/// Row counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub merchants: u64,
+    pub products: u64,
+    pub images: u64,
+    pub embeddings: u64,
+}
