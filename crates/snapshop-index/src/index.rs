@@ -16,7 +16,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::graph::Graph;
 use crate::vector::{dot, validate_unit, Invalid, TopK};
-use crate::{Hit, IndexConfig, IndexError, IndexStats, Key};
+use crate::{Hit, IndexConfig, IndexError, IndexStats, Key, KeySet};
 
 /// Where a live key's current vector is searchable from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,38 +150,38 @@ impl State {
     }
 
     /// Exact top-k over the allowed keys that are live (iterates the allowed set).
-    fn scan_keys<'a>(&self, q: &[f32], keys: impl Iterator<Item = &'a Key>, top: &mut TopK) {
-        for key in keys {
-            if let Some(e) = self.entries.get(key) {
-                top.push(*key, dot(q, self.vec(e.slot)));
+    fn scan_keys(&self, q: &[f32], keys: &dyn KeySet, top: &mut TopK) {
+        keys.for_each_key(&mut |key| {
+            if let Some(e) = self.entries.get(&key) {
+                top.push(key, dot(q, self.vec(e.slot)));
             }
-        }
+        });
     }
 
     /// Exact top-k over every live slot, in arena order (sequential memory access).
-    fn scan_all(&self, q: &[f32], allowed: Option<&HashSet<Key>>, top: &mut TopK) {
+    fn scan_all(&self, q: &[f32], allowed: Option<&dyn KeySet>, top: &mut TopK) {
         for (slot, key) in self.slot_keys.iter().enumerate() {
             let Some(key) = key else { continue };
-            if allowed.is_none_or(|a| a.contains(key)) {
+            if allowed.is_none_or(|a| a.contains_key(*key)) {
                 top.push(*key, dot(q, self.vec(slot)));
             }
         }
     }
 
-    fn scan_fresh(&self, q: &[f32], allowed: Option<&HashSet<Key>>, top: &mut TopK) {
+    fn scan_fresh(&self, q: &[f32], allowed: Option<&dyn KeySet>, top: &mut TopK) {
         for &slot in &self.fresh {
             let key = self.slot_keys[slot].expect("fresh slot without key: this is a bug");
-            if allowed.is_none_or(|a| a.contains(&key)) {
+            if allowed.is_none_or(|a| a.contains_key(key)) {
                 top.push(key, dot(q, self.vec(slot)));
             }
         }
     }
 
-    fn search_exact(&self, q: &[f32], k: usize, allowed: Option<&HashSet<Key>>) -> Vec<Hit> {
+    fn search_exact(&self, q: &[f32], k: usize, allowed: Option<&dyn KeySet>) -> Vec<Hit> {
         let mut top = TopK::new(k);
         match allowed {
             // Walking a small allowed set beats walking the whole arena.
-            Some(a) if a.len() < self.entries.len() => self.scan_keys(q, a.iter(), &mut top),
+            Some(a) if a.key_count() < self.entries.len() => self.scan_keys(q, a, &mut top),
             _ => self.scan_all(q, allowed, &mut top),
         }
         top.into_sorted()
@@ -193,7 +193,7 @@ impl State {
         cfg: &IndexConfig,
         q: &[f32],
         k: usize,
-        allowed: Option<&HashSet<Key>>,
+        allowed: Option<&dyn KeySet>,
     ) -> Vec<Hit> {
         let live = self.entries.len();
         let mut top = TopK::new(k);
@@ -204,7 +204,8 @@ impl State {
             // unfiltered search for enough extra neighbours that, after dropping tombstones
             // and disallowed keys, about k remain — assuming they are spread evenly.
             let pass_live = self.graph_live_count as f64 / graph.len() as f64;
-            let pass_allowed = allowed.map_or(1.0, |a| (a.len() as f64 / live as f64).min(1.0));
+            let pass_allowed =
+                allowed.map_or(1.0, |a| (a.key_count() as f64 / live as f64).min(1.0));
             let pass = (pass_live * pass_allowed).max(1e-6);
             let want = ((k as f64 / pass) * 1.2).ceil() as usize + 8;
             let want = want.min(graph.len());
@@ -214,7 +215,7 @@ impl State {
                     continue;
                 }
                 let key = graph.keys[g];
-                if allowed.is_some_and(|a| !a.contains(&key)) {
+                if allowed.is_some_and(|a| !a.contains_key(key)) {
                     continue;
                 }
                 let e = self
@@ -230,10 +231,11 @@ impl State {
             // filter, many tombstones near the query). Only an exact scan can tell.
             let available = match allowed {
                 None => live,
-                Some(a) => a
-                    .iter()
-                    .filter(|key| self.entries.contains_key(key))
-                    .count(),
+                Some(a) => {
+                    let mut n = 0;
+                    a.for_each_key(&mut |key| n += usize::from(self.entries.contains_key(&key)));
+                    n
+                }
             };
             if top.len() < k.min(available) {
                 return self.search_exact(q, k, allowed);
@@ -456,6 +458,16 @@ impl ShopIndex {
         k: usize,
         allowed: Option<&HashSet<Key>>,
     ) -> Result<Vec<Hit>, IndexError> {
+        self.search_in(query, k, allowed.map(|a| a as &dyn KeySet))
+    }
+
+    /// [`ShopIndex::search`] restricted to any [`KeySet`] (a roaring bitmap, a hash set, ...).
+    pub fn search_in(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: Option<&dyn KeySet>,
+    ) -> Result<Vec<Hit>, IndexError> {
         let q = self.validate_query(query)?;
         if k == 0 {
             return Ok(Vec::new());
@@ -470,9 +482,9 @@ impl ShopIndex {
             return Ok(st.search_exact(&q, k, allowed));
         }
         if let Some(a) = allowed {
-            if is_selective(cfg, a.len(), live) {
+            if is_selective(cfg, a.key_count(), live) {
                 let mut top = TopK::new(k);
-                st.scan_keys(&q, a.iter(), &mut top);
+                st.scan_keys(&q, a, &mut top);
                 return Ok(top.into_sorted());
             }
         }
@@ -485,6 +497,16 @@ impl ShopIndex {
         query: &[f32],
         k: usize,
         allowed: Option<&HashSet<Key>>,
+    ) -> Result<Vec<Hit>, IndexError> {
+        self.search_exact_in(query, k, allowed.map(|a| a as &dyn KeySet))
+    }
+
+    /// [`ShopIndex::search_exact`] restricted to any [`KeySet`].
+    pub fn search_exact_in(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: Option<&dyn KeySet>,
     ) -> Result<Vec<Hit>, IndexError> {
         let q = self.validate_query(query)?;
         if k == 0 {

@@ -24,10 +24,49 @@ pub use vector::NORM_TOLERANCE;
 /// The store's embedding row id.
 pub type Key = u64;
 
-/// Tuning knobs. Build one with [`IndexConfig::new`] and override fields as needed.
-#[derive(Clone, Debug)]
+/// A set of allowed keys for a filtered search. Implemented for `HashSet<Key>` and for roaring
+/// bitmaps, so a caller can intersect postings without cloning them into a hash set.
+pub trait KeySet: Sync {
+    /// Whether `key` is allowed.
+    fn contains_key(&self, key: Key) -> bool;
+    /// How many keys the set holds (used to choose between an exact scan and the graph).
+    fn key_count(&self) -> usize;
+    /// Calls `f` with every key, in any order.
+    fn for_each_key(&self, f: &mut dyn FnMut(Key));
+}
+
+impl<S: std::hash::BuildHasher + Sync> KeySet for std::collections::HashSet<Key, S> {
+    fn contains_key(&self, key: Key) -> bool {
+        self.contains(&key)
+    }
+    fn key_count(&self) -> usize {
+        self.len()
+    }
+    fn for_each_key(&self, f: &mut dyn FnMut(Key)) {
+        self.iter().for_each(|k| f(*k));
+    }
+}
+
+impl KeySet for roaring::RoaringTreemap {
+    fn contains_key(&self, key: Key) -> bool {
+        self.contains(key)
+    }
+    fn key_count(&self) -> usize {
+        self.len() as usize
+    }
+    fn for_each_key(&self, f: &mut dyn FnMut(Key)) {
+        self.iter().for_each(f);
+    }
+}
+
+/// Tuning knobs. Build one with [`IndexConfig::new`] and override fields as needed. It is also
+/// the service's `[index]` config section (serde, every field optional), so the defaults live
+/// only here; `dim` is not configurable there, it comes from the model.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct IndexConfig {
-    /// Embedding dimension (256 for the shipped model; always taken from config).
+    /// Embedding dimension (256 for the shipped model; always taken from the model bundle).
+    #[serde(skip)]
     pub dim: usize,
     /// HNSW M: links per point per layer (twice that on layer 0). hnsw_rs allows 2..=255.
     pub max_connections: usize,
@@ -50,6 +89,13 @@ pub struct IndexConfig {
     /// measured ~7× slower than a full exact scan (see README), so the scan wins until well
     /// past that size. Set to 0 to always use the graph.
     pub exact_search_max_live: usize,
+}
+
+impl Default for IndexConfig {
+    /// [`IndexConfig::new`] with `dim = 0` (to be set from the model).
+    fn default() -> Self {
+        Self::new(0)
+    }
 }
 
 impl IndexConfig {

@@ -110,6 +110,35 @@ pub trait Backend: Send + 'static {
     }
 }
 
+impl Backend for Box<dyn Backend> {
+    fn device(&self) -> ActiveDevice {
+        (**self).device()
+    }
+    fn embed_shop(
+        &mut self,
+        images: ArrayView4<f32>,
+        tags: ArrayView2<f32>,
+    ) -> Result<Array2<f32>, InferenceError> {
+        (**self).embed_shop(images, tags)
+    }
+    fn embed_user(
+        &mut self,
+        images: ArrayView4<f32>,
+    ) -> Result<(Array3<f32>, Array2<f32>), InferenceError> {
+        (**self).embed_user(images)
+    }
+    fn rerank(
+        &mut self,
+        features: ArrayView3<f32>,
+        candidates: ArrayView3<f32>,
+    ) -> Result<(Array2<f32>, Array3<f32>), InferenceError> {
+        (**self).rerank(features, candidates)
+    }
+    fn dims(&self) -> Option<ModelDims> {
+        (**self).dims()
+    }
+}
+
 /// [`Backend`] on ONNX Runtime, one session per graph.
 pub struct OrtBackend {
     shop: Session,

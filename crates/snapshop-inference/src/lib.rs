@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod bundle;
 mod error;
+pub mod fake;
 mod jpeg;
 mod pillow;
 pub mod preprocess;
@@ -18,6 +19,7 @@ pub mod runtime;
 pub use backend::{ActiveDevice, Backend, Device, ModelDims, OrtBackend};
 pub use bundle::{Bundle, GraphKind, Manifest};
 pub use error::InferenceError;
+pub use fake::FakeBackend;
 pub use preprocess::{ImageLimits, PreparedImage, PreprocessError, Preprocessor};
 pub use queue::{InferenceQueue, QueueConfig, RerankOutput, UserOutput};
 pub use runtime::init_runtime;

@@ -31,8 +31,10 @@ pub const METRIC_OVERLOADED: &str = "snapshop_inference_overloaded_total";
 /// Counter of requests dropped because their caller had gone, label `kind`.
 pub const METRIC_SKIPPED: &str = "snapshop_inference_skipped_total";
 
-/// Sizing of the queue and its batches.
-#[derive(Clone, Debug)]
+/// Sizing of the queue and its batches. Also the service's `[queue]` config section (serde,
+/// every field optional), so the defaults live only here.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
     /// Requests that may wait; one more is refused with `Overloaded`.
     pub capacity: usize,
@@ -43,10 +45,10 @@ pub struct QueueConfig {
 }
 
 impl Default for QueueConfig {
-    /// 64 waiting requests, 16 images or 8 re-rank queries per call.
+    /// 256 waiting requests, 16 images or 8 re-rank queries per call.
     fn default() -> Self {
         QueueConfig {
-            capacity: 64,
+            capacity: 256,
             max_batch_images: 16,
             max_batch_queries: 8,
         }
