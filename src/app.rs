@@ -1,30 +1,36 @@
-//! Start-up and shutdown: load the models, open the store, bring the index in line with it,
-//! serve, and on shutdown persist the index snapshot.
+//! Start-up and shutdown: load the model, open the store, re-embed what an earlier model left,
+//! bring the search view in line with the store, serve, and on shutdown persist the index.
 //!
 //! Start-up refuses to continue with a clear message when the bundle, the runtime or the store
 //! disagree; it never serves with a half-loaded model. The store is the source of truth: a
-//! missing, corrupt or stale snapshot means a rebuild from it.
+//! missing, corrupt or stale index snapshot means a rebuild from it. The background task does
+//! index maintenance, snapshot saves, the image-file sweep and view repairs; SIGHUP reloads the
+//! configured bundle as a hot swap.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use snapshop_index::{IndexConfig, Key, ShopIndex};
-use snapshop_inference::{
-    ActiveDevice, Backend, Bundle, Device, ImageLimits, InferenceQueue, OrtBackend, Preprocessor,
-    QueueConfig,
-};
-use tokio::sync::{Mutex, Notify, Semaphore};
+use snapshop_inference::Device;
 use tokio::task::JoinHandle;
 
-use crate::catalog::Catalog;
 use crate::config::{Config, DeviceKind};
-use crate::state::AppState;
-use crate::store::{EmbeddingRef, Store};
+use crate::core::{AppState, Core, Serving};
+use crate::model::{ActiveModel, FakeLoader, ModelLoader, OrtLoader};
+
+/// Which backend runs the models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// ONNX Runtime (the service's default).
+    #[default]
+    Ort,
+    /// The deterministic fake of `snapshop-inference`: tests and development only.
+    Fake,
+}
 
 /// A built application: state ready, listener bound, background tasks running.
 pub struct Application {
@@ -33,22 +39,28 @@ pub struct Application {
     background: Background,
 }
 
-/// The background maintenance task and what stops it.
+/// The background task and what stops it.
 pub struct Background {
     stop: Arc<AtomicBool>,
-    notify: Arc<Notify>,
     task: JoinHandle<()>,
+    hup: Option<JoinHandle<()>>,
 }
 
 impl Application {
-    /// Loads everything and binds the listener; nothing is served until [`Self::run_until`].
+    /// Loads everything with ONNX Runtime and binds the listener; nothing is served until
+    /// [`Self::run_until`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let state = init_state(config).await?;
-        let listener = tokio::net::TcpListener::bind(state.config.listen)
+        Self::build_with(config, Backend::Ort).await
+    }
+
+    /// [`Self::build`] with a chosen model backend.
+    pub async fn build_with(config: Config, backend: Backend) -> anyhow::Result<Self> {
+        let state = init_state(config, backend).await?;
+        let listener = tokio::net::TcpListener::bind(state.config().listen)
             .await
-            .with_context(|| format!("cannot listen on {}", state.config.listen))?;
+            .with_context(|| format!("cannot listen on {}", state.config().listen))?;
         let background = start_background(&state);
-        state.ready.store(true, Ordering::Release);
+        state.set_ready(true);
         Ok(Self {
             listener,
             state,
@@ -78,11 +90,11 @@ impl Application {
         } = self;
         tracing::info!(addr = %listener.local_addr()?, "serving");
         let router = crate::http::router(state.clone());
-        let ready = state.ready.clone();
+        let st = state.clone();
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
-                ready.store(false, Ordering::Release);
+                st.set_ready(false);
                 tracing::info!("shutting down");
             })
             .await
@@ -113,315 +125,184 @@ pub async fn shutdown_signal() {
     }
 }
 
-pub fn index_config(config: &Config, dim: usize) -> IndexConfig {
-    let s = &config.index;
-    let mut c = IndexConfig::new(dim);
-    c.max_connections = s.max_connections;
-    c.ef_construction = s.ef_construction;
-    c.ef_search = s.ef_search;
-    c.fresh_capacity = s.fresh_capacity;
-    c.exact_filter_fraction = s.exact_filter_fraction;
-    c.exact_search_max_live = s.exact_search_max_live;
-    c.rebuild_tombstone_fraction = s.rebuild_tombstone_fraction;
-    c
+/// The loader for `backend`; ONNX Runtime is initialised here, once per process.
+pub fn loader(config: &Config, backend: Backend) -> anyhow::Result<Arc<dyn ModelLoader>> {
+    Ok(match backend {
+        Backend::Fake => Arc::new(FakeLoader {
+            queue: config.queue.clone(),
+        }),
+        Backend::Ort => {
+            let lib = snapshop_inference::init_runtime(config.ort_dylib.as_deref())
+                .context("cannot load ONNX Runtime")?;
+            tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
+            Arc::new(OrtLoader {
+                device: match config.device {
+                    DeviceKind::Cpu => Device::Cpu,
+                    DeviceKind::Cuda => Device::Cuda,
+                },
+                intra_threads: config.intra_threads,
+                queue: config.queue.clone(),
+            })
+        }
+    })
 }
 
-/// Loads the models, the store, the index and the catalogue. Used by `serve` and `eval`.
-pub async fn init_state(config: Config) -> anyhow::Result<AppState> {
+/// Loads the model, the store and the search view. Used by `serve`, `eval` and `bench`.
+pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppState> {
     let started = Instant::now();
     let config = Arc::new(config);
-    std::fs::create_dir_all(config.images_dir()).with_context(|| {
+    std::fs::create_dir_all(config.data_dir.join("images")).with_context(|| {
         format!(
             "cannot create the data directory {}",
             config.data_dir.display()
         )
     })?;
-
-    let bundle_dir = config.bundle.clone();
-    let bundle = tokio::task::spawn_blocking(move || Bundle::load(&bundle_dir))
-        .await?
-        .with_context(|| format!("cannot load the model bundle {}", config.bundle.display()))?;
-    let bundle = Arc::new(bundle);
-    let lib = snapshop_inference::init_runtime(config.ort_dylib.as_deref())
-        .context("cannot load ONNX Runtime")?;
-    tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
-    let device = match config.device {
-        DeviceKind::Cpu => Device::Cpu,
-        DeviceKind::Cuda => Device::Cuda,
+    let loader = loader(&config, backend)?;
+    // A hot swap is remembered across restarts, unless the configured bundle changed since.
+    let remembered = ActiveModel::read(&config.data_dir, &config.bundle);
+    let bundle_dir: PathBuf = remembered
+        .as_ref()
+        .map(|a| a.bundle.clone())
+        .unwrap_or_else(|| config.bundle.clone());
+    let l = loader.clone();
+    let dir = bundle_dir.clone();
+    let model = match tokio::task::spawn_blocking(move || l.load(&dir)).await? {
+        Ok(m) => m,
+        Err(e) if remembered.is_some() => {
+            tracing::warn!(bundle = %bundle_dir.display(), error = format!("{e:#}"), "the model last swapped to cannot load; using the configured bundle");
+            let (l, dir) = (loader.clone(), config.bundle.clone());
+            tokio::task::spawn_blocking(move || l.load(&dir)).await??
+        }
+        Err(e) => return Err(e),
     };
-    let (b, threads) = (bundle.clone(), config.intra_threads);
-    let backend = tokio::task::spawn_blocking(move || OrtBackend::load(&b, device, threads))
-        .await?
-        .with_context(|| {
-            format!(
-                "the model bundle {} does not match its graphs or cannot run",
-                config.bundle.display()
-            )
-        })?;
-    let active: &'static str = match backend.device() {
-        ActiveDevice::Cpu => "cpu",
-        ActiveDevice::Cuda => "cuda",
-    };
-    let queue = InferenceQueue::start(
-        backend,
-        QueueConfig {
-            capacity: config.queue.capacity,
-            max_batch_images: config.queue.max_batch_images,
-            max_batch_queries: config.queue.max_batch_queries,
-        },
-    );
-    let preprocessor = Arc::new(
-        Preprocessor::new(&bundle.manifest)
-            .context("the bundle's preprocessing is not supported")?,
-    );
-    let version = bundle.model_version().to_owned();
-    tracing::info!(model_version = %version, device = active, "models loaded");
+    let model = Arc::new(model);
+    tracing::info!(model_version = %model.version(), device = model.device(), bundle = %model.dir().display(), "models loaded");
 
-    let store = Store::open(&config.db_path())
+    let url = config.database_url();
+    let store = snapshop_store::open(&url)
         .await
-        .with_context(|| format!("cannot open the database {}", config.db_path().display()))?;
-
-    let embeddings = store.embeddings(&version).await?;
-    let index = load_index(&config, bundle.embedding_dim(), &version, &embeddings).await?;
-    let catalog = Catalog::load(
-        store.all_products().await?,
-        &store.all_images().await?,
-        embeddings.iter().map(|(r, _)| (r.id as Key, r.image_id)),
-    );
-    drop(embeddings);
-
-    let image_limits = ImageLimits {
-        max_bytes: config.limits.max_image_bytes,
-        max_pixels: config.limits.max_pixels,
-        max_side: config.limits.max_side,
-    };
-    let state = AppState {
-        search_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_searches)),
-        config,
-        bundle: bundle.clone(),
-        preprocessor,
-        queue,
-        index,
-        store,
-        catalog: Arc::new(catalog),
-        image_limits,
-        device: active,
-        write_lock: Arc::new(Mutex::new(())),
-        ready: Arc::new(AtomicBool::new(false)),
-    };
-    reembed_stale(&state).await?;
+        .with_context(|| format!("cannot open the catalogue store {url}"))?;
+    let files = crate::files::ImageFiles::new(&config.data_dir);
+    let t = Instant::now();
+    let n = crate::swap::reembed_stale(store.as_ref(), &files, &model, |_| {}).await?;
+    if n > 0 {
+        tracing::warn!(images = n, elapsed_ms = t.elapsed().as_millis() as u64, model_version = %model.version(), "re-embedded images made by another model version");
+        store.drop_other_versions(model.version()).await?;
+    }
+    let view = crate::swap::build_view(&config, store.as_ref(), &model, true).await?;
     crate::metrics::install();
-    crate::metrics::model_info(&version, active, &bundle.manifest.backbone);
-    crate::metrics::refresh(&state);
+    crate::metrics::model_info(model.version(), model.device(), &model.bundle().manifest.backbone);
+    let core = Arc::new(Core::new(config, store, Serving { model, view }, loader));
+    crate::metrics::refresh(&core);
+    let serving = core.serving();
     tracing::info!(
-        products = state.catalog.product_count(),
-        vectors = state.index.len(),
+        products = serving.view.product_count(),
+        vectors = serving.view.ann().len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "state loaded"
     );
-    Ok(state)
+    Ok(core)
 }
 
-fn valid_vector(v: &[f32], dim: usize) -> bool {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.len() == dim && v.iter().all(|x| x.is_finite()) && (norm - 1.0).abs() <= 1e-2
-}
-
-/// Loads the snapshot and reconciles it with the store, or rebuilds from the store.
-async fn load_index(
-    config: &Config,
-    dim: usize,
-    version: &str,
-    embeddings: &[(EmbeddingRef, Vec<f32>)],
-) -> anyhow::Result<ShopIndex> {
-    let cfg = index_config(config, dim);
-    cfg.validate().context("invalid index configuration")?;
-    let dir = config.index_dir();
-    let mut wanted: HashMap<Key, &[f32]> = HashMap::with_capacity(embeddings.len());
-    for (r, v) in embeddings {
-        if valid_vector(v, dim) {
-            wanted.insert(r.id as Key, v);
-        } else {
-            tracing::warn!(
-                embedding = r.id,
-                image = r.image_id,
-                "skipping an invalid stored embedding"
-            );
-        }
-    }
-    let (c, d) = (cfg.clone(), dir.clone());
-    let loaded = tokio::task::spawn_blocking(move || ShopIndex::load_snapshot(&d, c)).await?;
-    let snapshot = match loaded {
-        Ok(Some((index, meta))) if meta.model_version == version && meta.dim == dim => Some(index),
-        Ok(Some((_, meta))) => {
-            tracing::info!(snapshot_model = %meta.model_version, snapshot_dim = meta.dim, "index snapshot is stale; rebuilding from the store");
-            None
-        }
-        Ok(None) => {
-            tracing::info!("no index snapshot; building from the store");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "index snapshot unreadable; rebuilding from the store");
-            None
-        }
-    };
-    if let Some(index) = snapshot {
-        let have: HashSet<Key> = index.keys().into_iter().collect();
-        let extra: Vec<Key> = have
-            .iter()
-            .filter(|k| !wanted.contains_key(k))
-            .copied()
-            .collect();
-        let missing: Vec<(Key, Vec<f32>)> = wanted
-            .iter()
-            .filter(|(k, _)| !have.contains(k))
-            .map(|(k, v)| (*k, v.to_vec()))
-            .collect();
-        tracing::info!(
-            snapshot = have.len(),
-            store = wanted.len(),
-            missing = missing.len(),
-            extra = extra.len(),
-            "reconciling the index snapshot with the store"
-        );
-        let idx = index.clone();
-        tokio::task::spawn_blocking(move || {
-            for k in extra {
-                idx.remove(k);
-            }
-            for (k, v) in missing {
-                if let Err(e) = idx.insert(k, &v) {
-                    tracing::warn!(key = k, error = %e, "cannot index a stored embedding");
-                }
-            }
-        })
-        .await?;
-        return Ok(index);
-    }
-    let items: Vec<(Key, Vec<f32>)> = wanted.iter().map(|(k, v)| (*k, v.to_vec())).collect();
-    let started = Instant::now();
-    let n = items.len();
-    let index = tokio::task::spawn_blocking(move || {
-        let stop = AtomicBool::new(false);
-        if items.is_empty() {
-            Ok(ShopIndex::new(cfg))
-        } else {
-            ShopIndex::build(cfg, items, &stop)
-        }
-    })
-    .await?
-    .context("cannot build the index")?;
-    tracing::info!(
-        vectors = n,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "index built"
-    );
-    Ok(index)
-}
-
-/// Re-embeds, from the stored files, images whose embedding was made by another model version.
-async fn reembed_stale(state: &AppState) -> anyhow::Result<()> {
-    let version = state.model_version().to_owned();
-    let stale = state.store.stale_images(&version).await?;
-    if stale.is_empty() {
-        return Ok(());
-    }
-    tracing::warn!(images = stale.len(), model_version = %version, "re-embedding images made by another model version");
-    let started = Instant::now();
-    let mut by_product: HashMap<i64, Vec<(i64, String)>> = HashMap::new();
-    for s in stale {
-        by_product
-            .entry(s.product_id)
-            .or_default()
-            .push((s.image_id, s.path));
-    }
-    let mut done = 0usize;
-    for (product_id, files) in by_product {
-        let Some(product) = state.catalog.product_of_image(files[0].0) else {
-            tracing::warn!(product_id, "stale images of an unknown product; skipped");
-            continue;
-        };
-        let embeddings = match crate::ingest::reembed_files(state, &product.tags, files).await {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(product_id, error = %e, "cannot re-embed a product's images; they stay unsearchable");
-                continue;
-            }
-        };
-        for (image_id, v) in embeddings {
-            let r = state
-                .store
-                .replace_embedding(image_id, &version, &v)
-                .await?;
-            let index = state.index.clone();
-            tokio::task::spawn_blocking(move || index.insert(r.id as Key, &v)).await??;
-            state.catalog.add_key(r.id as Key, image_id);
-            done += 1;
-        }
-    }
-    tracing::info!(
-        images = done,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "re-embedding done"
-    );
-    Ok(())
-}
-
-/// Starts periodic index maintenance.
+/// Starts periodic maintenance (and the SIGHUP reload).
 pub fn start_background(state: &AppState) -> Background {
     let stop = Arc::new(AtomicBool::new(false));
-    let notify = Arc::new(Notify::new());
-    let (s, n, st) = (stop.clone(), notify.clone(), state.clone());
-    let every = Duration::from_secs(state.config.index.maintain_interval_secs.max(1));
+    let (s, st) = (stop.clone(), state.clone());
+    let every = Duration::from_secs(state.config().maintenance.interval_secs.max(1));
+    let sweep_every = Duration::from_secs(state.config().maintenance.sweep_interval_secs.max(1));
+    let grace = Duration::from_secs(state.config().maintenance.file_grace_secs);
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
+        let mut sweep = tokio::time::interval(sweep_every);
         tick.tick().await;
+        sweep.tick().await;
         loop {
-            tokio::select! {
-                _ = tick.tick() => {},
-                _ = n.notified() => break,
-            }
+            let sweep_now = tokio::select! {
+                _ = tick.tick() => false,
+                _ = sweep.tick() => true,
+                _ = st.woken() => false,
+            };
             if s.load(Ordering::Acquire) {
                 break;
             }
             crate::metrics::refresh(&st);
-            if !st.index.needs_maintenance() {
-                continue;
-            }
-            let (index, stop) = (st.index.clone(), s.clone());
-            let started = Instant::now();
-            match tokio::task::spawn_blocking(move || index.maintain(&stop)).await {
-                Ok(Ok(true)) => {
-                    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, stats = ?st.index.stats(), "index maintained");
-                    if let Err(e) = save_snapshot(&st).await {
-                        tracing::warn!(error = %e, "cannot save the index snapshot");
-                    }
+            if st.serving().view.is_dirty() {
+                if let Err(e) = st.reconcile().await {
+                    tracing::error!(error = format!("{e:#}"), "cannot reconcile the search view; retrying later");
                 }
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "index maintenance failed"),
-                Err(e) => tracing::error!(error = %e, "index maintenance task failed"),
             }
+            if sweep_now {
+                if let Err(e) = st.files().sweep(st.store(), grace).await {
+                    tracing::warn!(error = format!("{e:#}"), "image file sweep failed");
+                }
+            }
+            maintain_index(&st, &s).await;
         }
     });
-    Background { stop, notify, task }
+    #[cfg(unix)]
+    let hup = {
+        let st = state.clone();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut sig) => Some(tokio::spawn(async move {
+                while sig.recv().await.is_some() {
+                    let dir = st.config().bundle.clone();
+                    tracing::info!(bundle = %dir.display(), "SIGHUP: reloading the configured bundle");
+                    match crate::swap::start_swap(&st, &dir).await {
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "SIGHUP: no model swap"),
+                    }
+                }
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let hup = None;
+    Background { stop, task, hup }
+}
+
+async fn maintain_index(st: &AppState, stop: &Arc<AtomicBool>) {
+    let serving = st.serving();
+    let ann = serving.view.ann().clone();
+    if !ann.needs_maintenance() {
+        return;
+    }
+    let s = stop.clone();
+    let started = Instant::now();
+    let a = ann.clone();
+    match tokio::task::spawn_blocking(move || a.maintain(&s)).await {
+        Ok(Ok(true)) => {
+            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, stats = ?ann.stats(), "index maintained");
+            if let Err(e) = save_snapshot(st).await {
+                tracing::warn!(error = %e, "cannot save the index snapshot");
+            }
+        }
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "index maintenance failed"),
+        Err(e) => tracing::error!(error = %e, "index maintenance task failed"),
+    }
 }
 
 async fn save_snapshot(state: &AppState) -> anyhow::Result<()> {
-    let index = state.index.clone();
-    let dir = state.config.index_dir();
-    let version = state.model_version().to_owned();
-    let meta = tokio::task::spawn_blocking(move || index.save_snapshot(&dir, &version)).await??;
-    tracing::info!(count = meta.count, "index snapshot saved");
+    let serving = state.serving();
+    let ann = serving.view.ann().clone();
+    let version = serving.model.version().to_owned();
+    tokio::task::spawn_blocking(move || ann.persist(&version)).await??;
     Ok(())
 }
 
 /// Stops maintenance, saves the snapshot and closes the store.
 pub async fn shutdown_state(state: &AppState, background: Background) -> anyhow::Result<()> {
     background.stop.store(true, Ordering::Release);
-    background.notify.notify_one();
+    state.wake_background();
     let _ = background.task.await;
+    if let Some(h) = background.hup {
+        h.abort();
+    }
     let saved = save_snapshot(state).await;
-    state.store.close().await;
+    state.store().close().await;
     saved
 }

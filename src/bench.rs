@@ -16,9 +16,8 @@ use snapshop_index::{Key, ShopIndex};
 
 use crate::config::Config;
 use crate::eval::{ingest_gallery, split_rows};
-use crate::search::filter::TagFilter;
-use crate::search::{self, Grouping, SearchOptions, Timings};
-use crate::state::AppState;
+use crate::core::AppState;
+use crate::search::{self, RawOptions, Timings};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -100,19 +99,22 @@ pub async fn run(state: &AppState, opts: &BenchOptions) -> anyhow::Result<BenchR
     let ingest_seconds = started.elapsed().as_secs_f64();
 
     // Merge the fresh segment into the graph, so that searches go through HNSW as in steady state.
-    let index = state.index.clone();
-    tokio::task::spawn_blocking(move || index.maintain(&AtomicBool::new(false))).await??;
+    let serving = state.serving();
+    let ann = serving.view.ann().clone();
+    tokio::task::spawn_blocking(move || ann.maintain(&AtomicBool::new(false))).await??;
 
     // Index build time over the same vectors, with a graph that is always used (the service
     // scans small indexes exactly; recall is measured on the graph itself).
     let vectors: Vec<(Key, Vec<f32>)> = state
-        .store
-        .embeddings(state.model_version())
+        .store()
+        .load_states(serving.model.version())
         .await?
         .into_iter()
-        .map(|(r, v)| (r.id as Key, v))
+        .flat_map(|s| s.embeddings)
+        .map(|e| (e.key as Key, e.vector))
         .collect();
-    let mut cfg = crate::app::index_config(&state.config, state.bundle.embedding_dim());
+    let mut cfg = state.config().index.clone();
+    cfg.dim = serving.model.embedding_dim();
     cfg.exact_search_max_live = 0;
     let built = Instant::now();
     let graph = tokio::task::spawn_blocking(move || {
@@ -130,9 +132,8 @@ pub async fn run(state: &AppState, opts: &BenchOptions) -> anyhow::Result<BenchR
         .take(opts.recall_queries)
     {
         let bytes = Bytes::from(tokio::fs::read(&q.image).await?);
-        let prepared =
-            crate::images::prepare(state.preprocessor.clone(), bytes, state.image_limits).await?;
-        let user = state.queue.embed_user(prepared.tensor).await?;
+        let prepared = serving.model.prepare(bytes, state.image_limits()).await?;
+        let user = serving.model.embed_user(prepared.tensor).await?;
         let (index, n) = (graph.clone(), opts.candidates);
         let (ann, exact, ms) = tokio::task::spawn_blocking(move || {
             let t = Instant::now();
@@ -157,15 +158,14 @@ pub async fn run(state: &AppState, opts: &BenchOptions) -> anyhow::Result<BenchR
             .await
             .with_context(|| format!("cannot read {}", opts.image.display()))?,
     );
-    let search_opts = SearchOptions {
-        k: 20,
-        candidates: opts.candidates,
-        rerank: true,
-        filter: TagFilter::default(),
-        merchant: None,
-        explain: false,
-        group: Grouping::Product,
-    };
+    // The same defaults and bounds as the HTTP API.
+    let search_opts = RawOptions {
+        k: Some(20),
+        candidates: Some(opts.candidates),
+        rerank: Some(true),
+        ..Default::default()
+    }
+    .resolve(&state.config().search)?;
     for _ in 0..2 {
         search::search(state, photo.clone(), &search_opts).await?;
     }
@@ -179,8 +179,8 @@ pub async fn run(state: &AppState, opts: &BenchOptions) -> anyhow::Result<BenchR
     }
     Ok(BenchReport {
         machine: machine(),
-        device: state.device.to_owned(),
-        model_version: state.model_version().to_owned(),
+        device: serving.model.device().to_owned(),
+        model_version: serving.model.version().to_owned(),
         catalogue_products: products,
         catalogue_images: images,
         ingest_seconds,
@@ -233,15 +233,16 @@ pub fn table(r: &BenchReport) -> String {
 /// Runs the benchmark over a temporary data directory.
 pub async fn run_in_temp_dir(
     mut config: Config,
+    backend: crate::app::Backend,
     opts: &BenchOptions,
 ) -> anyhow::Result<BenchReport> {
     let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
     config.data_dir = dir.path().to_owned();
     // Everything goes to the graph after ingest (see `run`).
     config.index.fresh_capacity = 0;
-    let state = crate::app::init_state(config).await?;
+    let state = crate::app::init_state(config, backend).await?;
     let report = run(&state, opts).await;
-    state.store.close().await;
+    state.store().close().await;
     report
 }
 

@@ -69,10 +69,16 @@ pub struct Config {
     pub intra_threads: usize,
     /// Log format on stderr.
     pub log_format: LogFormat,
+    /// The catalogue store: `sqlite://PATH`. Unset means `sqlite://<data_dir>/snapshop.db`.
+    pub database_url: Option<String>,
     pub limits: Limits,
     pub search: SearchSettings,
-    pub queue: QueueSettings,
-    pub index: IndexSettings,
+    /// The inference queue in front of the models (`snapshop_inference::QueueConfig`).
+    pub queue: snapshop_inference::QueueConfig,
+    /// The ANN index (`snapshop_index::IndexConfig`; `dim` comes from the model).
+    pub index: snapshop_index::IndexConfig,
+    pub maintenance: Maintenance,
+    pub admin: Admin,
 }
 
 /// Request and image limits.
@@ -110,36 +116,36 @@ pub struct SearchSettings {
     pub max_candidates: usize,
 }
 
-/// The inference queue in front of the ONNX sessions.
+/// Background upkeep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct QueueSettings {
-    /// Requests waiting at most; beyond, 503 `overloaded`.
-    pub capacity: usize,
-    /// Most images in one shop/user batch.
-    pub max_batch_images: usize,
-    /// Most queries in one re-rank batch.
-    pub max_batch_queries: usize,
+pub struct Maintenance {
+    /// Seconds between index maintenance checks (graph merges and rebuilds, snapshot saves).
+    pub interval_secs: u64,
+    /// Seconds between sweeps of unreferenced image files.
+    pub sweep_interval_secs: u64,
+    /// An unreferenced image file is deleted only once nobody wrote it for this long (it must
+    /// be much longer than any request).
+    pub file_grace_secs: u64,
 }
 
-/// The ANN index.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The admin API (`/v1/admin/...`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct IndexSettings {
-    pub max_connections: usize,
-    pub ef_construction: usize,
-    pub ef_search: usize,
-    /// Vectors kept in the exact "fresh" segment before a merge into the graph.
-    pub fresh_capacity: usize,
-    /// Filters that allow at most this fraction of the index are answered by an exact scan.
-    pub exact_filter_fraction: f32,
-    /// Indexes of at most this many vectors are always scanned exactly (faster than the graph
-    /// at that size, and exact).
-    pub exact_search_max_live: usize,
-    /// Rebuild the graph when this fraction of it is tombstoned.
-    pub rebuild_tombstone_fraction: f32,
-    /// Seconds between background maintenance checks.
-    pub maintain_interval_secs: u64,
+pub struct Admin {
+    /// Bearer token admin calls must present. Unset: the admin API answers 403
+    /// `admin_disabled` (SIGHUP still reloads the bundle).
+    pub token: Option<String>,
+}
+
+impl Default for Maintenance {
+    fn default() -> Self {
+        Self {
+            interval_secs: 30,
+            sweep_interval_secs: 600,
+            file_grace_secs: 3600,
+        }
+    }
 }
 
 impl Default for Config {
@@ -152,10 +158,13 @@ impl Default for Config {
             ort_dylib: None,
             intra_threads: 0,
             log_format: LogFormat::Text,
+            database_url: None,
             limits: Limits::default(),
             search: SearchSettings::default(),
-            queue: QueueSettings::default(),
-            index: IndexSettings::default(),
+            queue: snapshop_inference::QueueConfig::default(),
+            index: snapshop_index::IndexConfig::default(),
+            maintenance: Maintenance::default(),
+            admin: Admin::default(),
         }
     }
 }
@@ -185,31 +194,6 @@ impl Default for SearchSettings {
     }
 }
 
-impl Default for QueueSettings {
-    fn default() -> Self {
-        Self {
-            capacity: 256,
-            max_batch_images: 16,
-            max_batch_queries: 8,
-        }
-    }
-}
-
-impl Default for IndexSettings {
-    fn default() -> Self {
-        Self {
-            max_connections: 16,
-            ef_construction: 200,
-            ef_search: 512,
-            fresh_capacity: 4096,
-            exact_filter_fraction: 0.2,
-            exact_search_max_live: 32_768,
-            rebuild_tombstone_fraction: 0.2,
-            maintain_interval_secs: 30,
-        }
-    }
-}
-
 /// Values given on the command line; `None` leaves the lower layers in force.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
@@ -234,6 +218,9 @@ pub struct Overrides {
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Catalogue store URL (default: sqlite://<data-dir>/snapshop.db).
+    #[arg(long)]
+    pub database_url: Option<String>,
 }
 
 impl Config {
@@ -298,6 +285,9 @@ impl Config {
         if let Some(v) = o.log_format {
             self.log_format = v;
         }
+        if let Some(v) = &o.database_url {
+            self.database_url = Some(v.clone());
+        }
     }
 
     /// Rejects settings that cannot work together.
@@ -324,11 +314,30 @@ impl Config {
         {
             return bad("index fractions must lie in [0, 1]");
         }
+        let mut index = self.index.clone();
+        index.dim = 1;
+        index
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.maintenance.interval_secs == 0 || self.maintenance.sweep_interval_secs == 0 {
+            return bad("maintenance intervals must be positive");
+        }
+        if let Some(url) = &self.database_url {
+            if !url.starts_with("sqlite:") {
+                return bad("database_url must be sqlite://PATH");
+            }
+        }
+        if self.admin.token.as_deref().is_some_and(|t| t.len() < 16) {
+            return bad("admin.token must be at least 16 characters");
+        }
         Ok(())
     }
 
-    pub fn db_path(&self) -> PathBuf {
-        self.data_dir.join("snapshop.db")
+    /// The store URL in force.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("snapshop.db").display())
+        })
     }
 
     pub fn images_dir(&self) -> PathBuf {

@@ -18,9 +18,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::ingest::{self, NewProduct};
-use crate::search::filter::TagFilter;
-use crate::search::{self, Grouping, SearchOptions};
-use crate::state::AppState;
+use crate::core::AppState;
+use crate::ids::Merchant;
+use crate::search::{self, Grouping, RawOptions};
 
 /// One row of the CSV manifest (`image,product_id,domain,split,tags`).
 #[derive(Debug, Clone, PartialEq)]
@@ -182,7 +182,8 @@ pub async fn ingest_gallery(
     }
     let gallery_images: usize = gallery.values().map(|(_, f)| f.len()).sum();
     let started = Instant::now();
-    let batch_limit = state.config.limits.max_images_per_request;
+    let batch_limit = state.config().limits.max_images_per_request;
+    let merchant = &Merchant::parse("eval").expect("a valid merchant name");
     stream::iter(order.iter().map(|pid| {
         let (tags, files) = &gallery[pid];
         (
@@ -210,11 +211,11 @@ pub async fn ingest_gallery(
             tags,
             attributes: serde_json::json!({}),
         };
-        ingest::create_product(state, "eval", product, bytes)
+        ingest::create_product(state, merchant, product, bytes)
             .await
             .with_context(|| format!("ingesting product {pid}"))?;
         for chunk in rest.chunks(batch_limit) {
-            ingest::add_images(state, "eval", &pid, chunk.to_vec())
+            ingest::add_images(state, merchant, &pid, chunk.to_vec(), None)
                 .await
                 .with_context(|| format!("ingesting product {pid}"))?;
         }
@@ -252,15 +253,15 @@ pub async fn run(state: &AppState, opts: &EvalOptions) -> anyhow::Result<EvalRep
     if queries.is_empty() {
         bail!("split `{}` has no user images to query with", opts.split);
     }
-    let search_opts = SearchOptions {
-        k: max_k,
-        candidates: opts.candidates,
-        rerank: true,
-        filter: TagFilter::default(),
-        merchant: None,
-        explain: false,
-        group: opts.unit,
-    };
+    // The same defaults and bounds as the HTTP API.
+    let search_opts = RawOptions {
+        k: Some(max_k),
+        candidates: Some(opts.candidates),
+        rerank: Some(true),
+        group: Some(opts.unit),
+        ..Default::default()
+    }
+    .resolve(&state.config().search)?;
     let search_start = Instant::now();
     let ranks: Vec<Ranks> = stream::iter(queries.iter())
         .map(|q| {
@@ -306,9 +307,10 @@ pub async fn run(state: &AppState, opts: &EvalOptions) -> anyhow::Result<EvalRep
             })
             .collect::<BTreeMap<_, _>>()
     };
+    let serving = state.serving();
     Ok(EvalReport {
-        model_version: state.model_version().to_owned(),
-        device: state.device.to_owned(),
+        model_version: serving.model.version().to_owned(),
+        device: serving.model.device().to_owned(),
         manifest: opts.manifest.display().to_string(),
         split: opts.split.clone(),
         unit: opts.unit,
@@ -319,7 +321,7 @@ pub async fn run(state: &AppState, opts: &EvalOptions) -> anyhow::Result<EvalRep
         gallery_images,
         first_pass: p_at(|r| r.0),
         rerank: p_at(|r| r.1),
-        pipeline: state.bundle.manifest.evaluation.clone(),
+        pipeline: serving.model.bundle().manifest.evaluation.clone(),
         ingest_seconds,
         search_seconds,
     })
@@ -386,15 +388,17 @@ pub fn table(r: &EvalReport) -> String {
 }
 
 /// Builds a state over a temporary data directory and runs the evaluation.
-pub async fn run_in_temp_dir(mut config: Config, opts: &EvalOptions) -> anyhow::Result<EvalReport> {
+pub async fn run_in_temp_dir(
+    mut config: Config,
+    backend: crate::app::Backend,
+    opts: &EvalOptions,
+) -> anyhow::Result<EvalReport> {
     let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
     config.data_dir = dir.path().to_owned();
-    let state = crate::app::init_state(config).await?;
-    state
-        .ready
-        .store(true, std::sync::atomic::Ordering::Release);
+    let state = crate::app::init_state(config, backend).await?;
+    state.set_ready(true);
     let report = run(&state, opts).await;
-    state.store.close().await;
+    state.store().close().await;
     report
 }
 

@@ -1,10 +1,9 @@
-//! Uploaded image files: hashing, preprocessing off the async runtime, content-addressed storage.
+//! Uploaded images: format sniffing, hashing, content-addressed names, and preprocessing off the
+//! async runtime.
 //!
 //! Decoding and resizing are CPU-heavy, so they always run on the blocking pool; this module
-//! must never decode on an executor thread. Files are stored under
-//! `<data-dir>/images/ab/cd/<sha256>.<ext>` so that a later model can re-embed them.
+//! must never decode on an executor thread. Storing the files is `files`' job.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ndarray::Array3;
@@ -23,6 +22,19 @@ pub enum ImageError {
     Undecodable(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl crate::error::Coded for ImageError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode as C;
+        match self {
+            ImageError::TooLarge(_) => C::PayloadTooLarge,
+            ImageError::TooManyPixels(_) => C::ImageTooLarge,
+            ImageError::UnsupportedFormat(_) => C::UnsupportedMediaType,
+            ImageError::Undecodable(_) => C::ImageUndecodable,
+            ImageError::Internal(_) => C::Internal,
+        }
+    }
 }
 
 impl From<PreprocessError> for ImageError {
@@ -129,31 +141,6 @@ pub fn relative_path(sha256: &str, format: &str) -> String {
     )
 }
 
-/// Writes the file under `data_dir` unless it is already there (same content, same name).
-/// Written to a temporary name first, then renamed, so a crash never leaves a partial file.
-pub async fn store_file(
-    data_dir: &Path,
-    relative: &str,
-    bytes: bytes::Bytes,
-) -> std::io::Result<PathBuf> {
-    let path = data_dir.join(relative);
-    if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-        return Ok(path);
-    }
-    let parent = path
-        .parent()
-        .expect("image paths have a parent; this is a bug");
-    tokio::fs::create_dir_all(parent).await?;
-    let tmp = parent.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("image"),
-        std::process::id()
-    ));
-    tokio::fs::write(&tmp, &bytes).await?;
-    tokio::fs::rename(&tmp, &path).await?;
-    Ok(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,19 +166,5 @@ mod tests {
             relative_path(&sha, "png"),
             format!("images/ba/78/{sha}.png")
         );
-    }
-
-    #[tokio::test]
-    async fn store_is_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        let rel = relative_path(&sha256_hex(b"x"), "jpeg");
-        let p1 = store_file(dir.path(), &rel, bytes::Bytes::from_static(b"x"))
-            .await
-            .unwrap();
-        let p2 = store_file(dir.path(), &rel, bytes::Bytes::from_static(b"x"))
-            .await
-            .unwrap();
-        assert_eq!(p1, p2);
-        assert_eq!(std::fs::read(p1).unwrap(), b"x");
     }
 }

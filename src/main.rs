@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use snapshop::config::{Config, LogFormat, Overrides};
 use snapshop::search::Grouping;
+use snapshop::Backend;
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +22,31 @@ struct Cli {
     command: Command,
 }
 
+/// Which labelled images to use: a CSV manifest, a split, and optionally fewer products.
+#[derive(Args)]
+struct Dataset {
+    /// CSV manifest: image,product_id,domain,split,tags.
+    #[arg(long, default_value = "data/street2shop/manifest.csv")]
+    manifest: PathBuf,
+    /// Split to use.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Only the first N products of the split (in manifest order).
+    #[arg(long)]
+    limit_products: Option<usize>,
+    /// First-pass candidates re-ranked.
+    #[arg(long, default_value_t = 256)]
+    candidates: usize,
+}
+
+/// Where a report goes.
+#[derive(Args)]
+struct Report<const EVAL: bool> {
+    /// Where to write the JSON report.
+    #[arg(long, default_value = if EVAL { "eval-report.json" } else { "bench-report.json" })]
+    output: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP service.
@@ -32,21 +58,11 @@ enum Command {
     Eval {
         #[command(flatten)]
         overrides: Overrides,
-        /// CSV manifest: image,product_id,domain,split,tags.
-        #[arg(long, default_value = "data/street2shop/manifest.csv")]
-        manifest: PathBuf,
-        /// Split to evaluate.
-        #[arg(long, default_value = "test")]
-        split: String,
-        /// Only the first N products of the split (in manifest order).
-        #[arg(long)]
-        limit_products: Option<usize>,
+        #[command(flatten)]
+        data: Dataset,
         /// The K of P@K, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,5,10,20,50,100")]
         k: Vec<usize>,
-        /// First-pass candidates re-ranked.
-        #[arg(long, default_value_t = 256)]
-        candidates: usize,
         /// Rank products (a product at its best image, as the pipeline's P@K and the API do)
         /// or single shop images.
         #[arg(long, value_parser = parse_unit, default_value = "product")]
@@ -54,22 +70,16 @@ enum Command {
         /// Searches in flight at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
-        /// Where to write the JSON report.
-        #[arg(long, default_value = "eval-report.json")]
-        output: PathBuf,
+        #[command(flatten)]
+        report: Report<true>,
     },
     /// Per-stage search latency for one photo against a split's gallery, index build time and
     /// first-pass recall.
     Bench {
         #[command(flatten)]
         overrides: Overrides,
-        /// CSV manifest whose split's gallery is the catalogue.
-        #[arg(long, default_value = "data/street2shop/manifest.csv")]
-        manifest: PathBuf,
-        #[arg(long, default_value = "test")]
-        split: String,
-        #[arg(long)]
-        limit_products: Option<usize>,
+        #[command(flatten)]
+        data: Dataset,
         /// The query photo, e.g. a 12 MP JPEG.
         #[arg(long)]
         image: PathBuf,
@@ -78,10 +88,8 @@ enum Command {
         /// Street photos used to measure recall against exact search.
         #[arg(long, default_value_t = 200)]
         recall_queries: usize,
-        #[arg(long, default_value_t = 256)]
-        candidates: usize,
-        #[arg(long, default_value = "bench-report.json")]
-        output: PathBuf,
+        #[command(flatten)]
+        report: Report<false>,
     },
 }
 
@@ -104,6 +112,12 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+fn write_report(path: &std::path::Path, report: &impl serde::Serialize) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(report)?)?;
+    println!("report written to {}", path.display());
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -135,56 +149,46 @@ fn main() -> ExitCode {
                 app.run_until(snapshop::app::shutdown_signal()).await
             }
             Command::Eval {
-                manifest,
-                split,
-                limit_products,
+                data,
                 k,
-                candidates,
                 unit,
                 concurrency,
-                output,
+                report,
                 ..
             } => {
                 let opts = snapshop::eval::EvalOptions {
-                    manifest,
-                    split,
-                    limit_products,
+                    manifest: data.manifest,
+                    split: data.split,
+                    limit_products: data.limit_products,
                     ks: k,
-                    candidates,
+                    candidates: data.candidates,
                     unit,
                     concurrency,
                 };
-                let report = snapshop::eval::run_in_temp_dir(config, &opts).await?;
-                print!("{}", snapshop::eval::table(&report));
-                std::fs::write(&output, serde_json::to_string_pretty(&report)?)?;
-                println!("report written to {}", output.display());
-                Ok(())
+                let r = snapshop::eval::run_in_temp_dir(config, Backend::Ort, &opts).await?;
+                print!("{}", snapshop::eval::table(&r));
+                write_report(&report.output, &r)
             }
             Command::Bench {
-                manifest,
-                split,
-                limit_products,
+                data,
                 image,
                 iterations,
                 recall_queries,
-                candidates,
-                output,
+                report,
                 ..
             } => {
                 let opts = snapshop::bench::BenchOptions {
-                    manifest,
-                    split,
-                    limit_products,
+                    manifest: data.manifest,
+                    split: data.split,
+                    limit_products: data.limit_products,
                     image,
                     iterations,
                     recall_queries,
-                    candidates,
+                    candidates: data.candidates,
                 };
-                let report = snapshop::bench::run_in_temp_dir(config, &opts).await?;
-                print!("{}", snapshop::bench::table(&report));
-                std::fs::write(&output, serde_json::to_string_pretty(&report)?)?;
-                println!("report written to {}", output.display());
-                Ok(())
+                let r = snapshop::bench::run_in_temp_dir(config, Backend::Ort, &opts).await?;
+                print!("{}", snapshop::bench::table(&r));
+                write_report(&report.output, &r)
             }
         }
     });

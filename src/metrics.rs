@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::state::AppState;
+use crate::core::Core;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -75,20 +75,44 @@ fn describe() {
     );
     describe_gauge!(
         "snapshop_model_info",
-        "The loaded model (labels: model_version, device, backbone)"
+        "1 for the model serving, 0 for one swapped out (labels: model_version, device, backbone)"
+    );
+    describe_gauge!(
+        "snapshop_view_dirty",
+        "1 while the search view lags the store after a failed apply (until reconciled)"
+    );
+    describe_counter!(
+        "snapshop_view_apply_failures_total",
+        "Committed writes the search view could not apply (it then reconciles from the store)"
+    );
+    describe_gauge!("snapshop_model_swap_running", "1 while a model swap runs");
+    describe_gauge!(
+        "snapshop_model_swap_images_done",
+        "Images re-embedded by the running (or last) model swap"
+    );
+    describe_gauge!(
+        "snapshop_model_swap_images_total",
+        "Images stored when the running (or last) model swap started"
+    );
+    describe_counter!("snapshop_model_swaps_total", "Model swaps by result (done, failed)");
+    describe_counter!(
+        "snapshop_reembed_failures_total",
+        "Images that could not be re-embedded (their file is unreadable)"
     );
 }
 
 /// Refreshes the gauges that are read from state rather than pushed.
-pub fn refresh(state: &AppState) {
-    let stats = state.index.stats();
+pub fn refresh(core: &Core) {
+    let serving = core.serving();
+    let stats = serving.view.stats();
     metrics::gauge!("snapshop_index_vectors", "segment" => "graph").set(stats.graph as f64);
     metrics::gauge!("snapshop_index_vectors", "segment" => "fresh").set(stats.fresh as f64);
     metrics::gauge!("snapshop_index_tombstones").set(stats.tombstones as f64);
     metrics::gauge!("snapshop_index_rebuilds").set(stats.rebuilds as f64);
-    metrics::gauge!("snapshop_catalog_products").set(state.catalog.product_count() as f64);
+    metrics::gauge!("snapshop_catalog_products").set(serving.view.product_count() as f64);
+    metrics::gauge!("snapshop_view_dirty").set(if serving.view.is_dirty() { 1.0 } else { 0.0 });
     metrics::gauge!(snapshop_inference::queue::METRIC_QUEUE_DEPTH)
-        .set(state.queue.queue_depth() as f64);
+        .set(serving.model.queue_depth() as f64);
 }
 
 /// Sets the model info gauge.
@@ -100,4 +124,15 @@ pub fn model_info(model_version: &str, device: &str, backbone: &str) {
         "backbone" => backbone.to_owned()
     )
     .set(1.0);
+}
+
+/// Sets a model's info gauge to 0 once it no longer serves.
+pub fn forget_model_info(model_version: &str, device: &str, backbone: &str) {
+    metrics::gauge!(
+        "snapshop_model_info",
+        "model_version" => model_version.to_owned(),
+        "device" => device.to_owned(),
+        "backbone" => backbone.to_owned()
+    )
+    .set(0.0);
 }

@@ -1,65 +1,87 @@
-//! Extractors that turn every malformed input into an [`ApiError`] with the JSON error body,
-//! instead of axum's plain-text rejections.
+//! Extractors: every malformed input becomes an [`ApiError`] with the JSON error body, instead of
+//! axum's plain-text rejections; the merchant, the product path and `If-Match` are parsed here
+//! once, so handlers never re-check them.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Multipart, Request};
-use axum::http::header::CONTENT_TYPE;
+use axum::extract::{FromRequest, FromRequestParts, Multipart, RawPathParams, Request};
+use axum::http::header::{CONTENT_TYPE, IF_MATCH};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::error::ErrorCode;
+use crate::ids::{ETag, Merchant};
 
 /// `axum::Json` with our rejections.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
 
-impl<T, S> FromRequest<S> for ApiJson<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
-        Ok(ApiJson(v))
-    }
-}
-
 /// `axum::extract::Query` with our rejections.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
 
-impl<T, S> FromRequestParts<S> for ApiQuery<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
+/// `axum::extract::Path` with our rejections.
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// The `{merchant}` of the path, parsed once. Authentication will plug in here: a handler that
+/// holds a `Merchant` may act for it.
+impl<S: Send + Sync> FromRequestParts<S> for Merchant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Query(v) =
-            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
-        Ok(ApiQuery(v))
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
+        let raw = params
+            .iter()
+            .find(|(k, _)| *k == "merchant")
+            .map(|(_, v)| v.to_owned())
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("route without {{merchant}}")))?;
+        Ok(Merchant::parse(&raw)?)
     }
 }
 
-/// `axum::extract::Path` with our rejections.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ApiPath<T>(pub T);
+/// `{merchant}/products/{id}`: the merchant parsed, the product id as given.
+#[derive(Debug, Clone)]
+pub struct ProductPath {
+    pub merchant: Merchant,
+    pub id: String,
+}
 
-impl<T, S> FromRequestParts<S> for ApiPath<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
+impl<S: Send + Sync> FromRequestParts<S> for ProductPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(v) =
-            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
-        Ok(ApiPath(v))
+        let merchant = Merchant::from_request_parts(parts, state).await?;
+        let ApiPath((_, id)) = ApiPath::<(String, String)>::from_request_parts(parts, state).await?;
+        Ok(ProductPath { merchant, id })
+    }
+}
+
+/// The `If-Match` header: absent, or one strong entity tag this API issued.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IfMatch(pub Option<ETag>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(v) = parts.headers.get(IF_MATCH) else {
+            return Ok(IfMatch(None));
+        };
+        let text = v
+            .to_str()
+            .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "If-Match is not ASCII"))?;
+        if text.trim() == "*" {
+            // Any current version: the same as no precondition on an existing product.
+            return Ok(IfMatch(None));
+        }
+        Ok(IfMatch(Some(ETag::parse(text)?)))
     }
 }
 
@@ -91,7 +113,7 @@ impl Upload {
             .iter()
             .find(|(n, _)| !allowed.contains(&n.as_str()))
         {
-            Some((n, _)) => Err(ApiError::InvalidRequest(format!(
+            Some((n, _)) => Err(ApiError::new(ErrorCode::InvalidRequest, format!(
                 "unexpected multipart part `{n}`"
             ))),
             None => Ok(()),
@@ -103,8 +125,8 @@ impl Upload {
 /// `invalid_field`.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::InvalidField(format!("part `{what}`: {e}")),
-        _ => ApiError::MalformedJson(format!("part `{what}`: {e}")),
+        serde_json::error::Category::Data => ApiError::new(ErrorCode::InvalidField, format!("part `{what}`: {e}")),
+        _ => ApiError::new(ErrorCode::MalformedJson, format!("part `{what}`: {e}")),
     })
 }
 
@@ -135,19 +157,19 @@ where
                 if name == "image" {
                     let bytes = field.bytes().await?;
                     if bytes.is_empty() {
-                        return Err(ApiError::InvalidRequest("an `image` part is empty".into()));
+                        return Err(ApiError::new(ErrorCode::InvalidRequest, "an `image` part is empty"));
                     }
                     upload.images.push(bytes);
                 } else if JSON_PARTS.contains(&name.as_str()) {
                     if upload.json_parts.iter().any(|(n, _)| *n == name) {
-                        return Err(ApiError::InvalidRequest(format!(
+                        return Err(ApiError::new(ErrorCode::InvalidRequest, format!(
                             "part `{name}` given twice"
                         )));
                     }
                     let bytes = field.bytes().await?;
                     upload.json_parts.push((name, bytes));
                 } else {
-                    return Err(ApiError::InvalidRequest(format!(
+                    return Err(ApiError::new(ErrorCode::InvalidRequest, format!(
                         "unexpected multipart part `{name}` (expected `image` or a JSON part)"
                     )));
                 }
@@ -155,17 +177,17 @@ where
         } else if mime.starts_with("image/") || mime == "application/octet-stream" {
             let bytes = Bytes::from_request(req, state).await.map_err(|r| {
                 if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge(r.body_text())
+                    ApiError::new(ErrorCode::PayloadTooLarge, r.body_text())
                 } else {
-                    ApiError::InvalidRequest(r.body_text())
+                    ApiError::new(ErrorCode::InvalidRequest, r.body_text())
                 }
             })?;
             if bytes.is_empty() {
-                return Err(ApiError::InvalidRequest("the request body is empty".into()));
+                return Err(ApiError::new(ErrorCode::InvalidRequest, "the request body is empty"));
             }
             upload.images.push(bytes);
         } else {
-            return Err(ApiError::UnsupportedMediaType(format!(
+            return Err(ApiError::new(ErrorCode::UnsupportedMediaType, format!(
                 "expected multipart/form-data or an image/* body, got `{}`",
                 if content_type.is_empty() {
                     "no content type"

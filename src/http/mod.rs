@@ -3,6 +3,7 @@
 //! Handlers translate between HTTP and the pipelines; they must never do CPU-heavy work or talk
 //! to the models or the index themselves.
 
+pub mod admin;
 pub mod error;
 pub mod extract;
 pub mod ops;
@@ -23,17 +24,19 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 pub use error::ApiError;
 
-use crate::state::AppState;
+use crate::core::AppState;
+use crate::error::ErrorCode;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.config.limits.max_body_bytes;
+    let body_limit = state.config().limits.max_body_bytes;
     Router::new()
         .merge(products::router())
         .merge(search::router())
         .merge(ops::router())
+        .merge(admin::router())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))
@@ -71,10 +74,10 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().as_str().to_owned();
     let start = Instant::now();
-    let timeout = Duration::from_secs(state.config.limits.request_timeout_secs);
+    let timeout = Duration::from_secs(state.config().limits.request_timeout_secs);
     let response = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(r) => r,
-        Err(_) => ApiError::Timeout.into_response(),
+        Err(_) => ApiError::new(ErrorCode::Timeout, "the request took too long").into_response(),
     };
     let status = response.status().as_u16().to_string();
     metrics::counter!("snapshop_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
@@ -85,9 +88,9 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
 }
 
 async fn route_not_found(uri: Uri) -> ApiError {
-    ApiError::RouteNotFound(uri.path().to_owned())
+    ApiError::new(ErrorCode::RouteNotFound, format!("no route for {}", uri.path()))
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
+    ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed")
 }

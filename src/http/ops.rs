@@ -9,7 +9,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::error::ApiError;
-use crate::state::AppState;
+use crate::core::AppState;
+use crate::error::ErrorCode;
+use crate::swap::SwapStatus;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -28,23 +30,41 @@ struct Ready {
     status: &'static str,
     model_version: String,
     device: &'static str,
+    store: &'static str,
+    ann: &'static str,
     index: snapshop_index::IndexStats,
     products: usize,
+    /// Moves with every change the search view applies.
+    view_version: u64,
+    /// True while the view lags the store after a failed apply (it is being reconciled).
+    view_dirty: bool,
     queue_depth: usize,
+    /// The running or last model swap.
+    model_swap: SwapStatus,
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     if !state.is_ready() {
-        return Err(ApiError::NotReady);
+        return Err(ApiError::new(ErrorCode::NotReady, "the service is not ready"));
     }
-    state.store.ping().await.map_err(|_| ApiError::NotReady)?;
+    state
+        .store()
+        .ping()
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::NotReady, "the store does not answer"))?;
+    let serving = state.serving();
     Ok(Json(Ready {
         status: "ready",
-        model_version: state.model_version().to_owned(),
-        device: state.device,
-        index: state.index.stats(),
-        products: state.catalog.product_count(),
-        queue_depth: state.queue.queue_depth(),
+        model_version: serving.model.version().to_owned(),
+        device: serving.model.device(),
+        store: state.store().backend(),
+        ann: serving.view.ann().name(),
+        index: serving.view.stats(),
+        products: serving.view.product_count(),
+        view_version: serving.view.version(),
+        view_dirty: serving.view.is_dirty(),
+        queue_depth: serving.model.queue_depth(),
+        model_swap: state.swap_status(),
     }))
 }
 
@@ -58,9 +78,10 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn tags(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let vocabulary = state.bundle.vocabulary();
+    let serving = state.serving();
+    let vocabulary = serving.model.vocabulary();
     Json(json!({
-        "model_version": state.model_version(),
+        "model_version": serving.model.version(),
         "count": vocabulary.len(),
         "tags": vocabulary,
     }))

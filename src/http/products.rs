@@ -1,20 +1,23 @@
 //! Merchant product routes: create, read, list, update, delete, add images.
 //!
-//! Handlers only translate HTTP to the ingest pipeline and back; the merchant from the path is
-//! passed into every write so that authentication can be enforced here later.
+//! Handlers only translate HTTP to the ingest pipeline and back. The merchant comes from the
+//! [`Merchant`] extractor (where authentication will plug in); every product response carries
+//! its `ETag`, and PATCH, DELETE and image uploads honour `If-Match`.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath, ApiQuery, Upload};
-use crate::ingest::{self, Ingested, NewProduct, ProductPatch};
-use crate::state::AppState;
-use crate::store::ProductRecord;
+use super::extract::{ApiJson, ApiQuery, IfMatch, ProductPath, Upload};
+use crate::core::AppState;
+use crate::error::ErrorCode;
+use crate::ids::{Cursor, Merchant};
+use crate::ingest::{self, etag_of, Ingested, NewProduct, ProductPatch};
+use snapshop_store::ProductRecord;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -54,6 +57,8 @@ pub struct ProductBody {
     pub unknown_to_model: Vec<String>,
     pub attributes: serde_json::Value,
     pub images: Vec<ImageBody>,
+    /// 1 at creation, +1 with every change (also in the `ETag` header).
+    pub version: i64,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -89,75 +94,86 @@ impl ProductBody {
                     format: i.format,
                 })
                 .collect(),
+            version: p.version,
             created_at: rfc3339(p.created_at),
             updated_at: rfc3339(p.updated_at),
         }
     }
 
-    fn from_ingested(i: Ingested) -> Self {
-        Self::new(i.product, i.unknown_to_model)
-    }
-
     fn from_record(state: &AppState, p: ProductRecord) -> Self {
-        let (_, unknown) = state.bundle.tag_vector(&p.tags);
+        let unknown = state.serving().model.unknown_tags(&p.tags);
         Self::new(p, unknown)
     }
 }
 
-fn check_merchant(merchant: &str) -> Result<(), ApiError> {
-    ingest::validate_merchant(merchant).map_err(ApiError::from)
+fn etag_header(p: &ProductRecord) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&etag_of(p).header_value()) {
+        h.insert(header::ETAG, v);
+    }
+    h
+}
+
+fn written(status: StatusCode, i: Ingested) -> impl IntoResponse {
+    let headers = etag_header(&i.product);
+    (status, headers, Json(ProductBody::new(i.product, i.unknown_to_model)))
 }
 
 async fn create_product(
     State(state): State<AppState>,
-    ApiPath(merchant): ApiPath<String>,
+    merchant: Merchant,
     mut upload: Upload,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_merchant(&merchant)?;
     upload.only_parts(&["product"])?;
     let product: NewProduct = upload.json_part("product")?.ok_or_else(|| {
-        ApiError::InvalidRequest("a multipart part named `product` (JSON) is required".into())
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "a multipart part named `product` (JSON) is required",
+        )
     })?;
     let out = ingest::create_product(&state, &merchant, product, upload.images).await?;
-    Ok((StatusCode::CREATED, Json(ProductBody::from_ingested(out))))
+    Ok(written(StatusCode::CREATED, out))
 }
 
 async fn add_images(
     State(state): State<AppState>,
-    ApiPath((merchant, id)): ApiPath<(String, String)>,
+    path: ProductPath,
+    IfMatch(if_match): IfMatch,
     upload: Upload,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_merchant(&merchant)?;
     upload.only_parts(&[])?;
-    let out = ingest::add_images(&state, &merchant, &id, upload.images).await?;
-    Ok((StatusCode::CREATED, Json(ProductBody::from_ingested(out))))
+    let out = ingest::add_images(&state, &path.merchant, &path.id, upload.images, if_match).await?;
+    Ok(written(StatusCode::CREATED, out))
 }
 
 async fn get_product(
     State(state): State<AppState>,
-    ApiPath((merchant, id)): ApiPath<(String, String)>,
-) -> Result<Json<ProductBody>, ApiError> {
-    check_merchant(&merchant)?;
-    let p = state.store.get_product(&merchant, &id).await?;
-    Ok(Json(ProductBody::from_record(&state, p)))
+    path: ProductPath,
+) -> Result<impl IntoResponse, ApiError> {
+    let p = state
+        .store()
+        .get_product(path.merchant.as_str(), &path.id)
+        .await?;
+    let headers = etag_header(&p);
+    Ok((headers, Json(ProductBody::from_record(&state, p))))
 }
 
 async fn update_product(
     State(state): State<AppState>,
-    ApiPath((merchant, id)): ApiPath<(String, String)>,
+    path: ProductPath,
+    IfMatch(if_match): IfMatch,
     ApiJson(patch): ApiJson<ProductPatch>,
-) -> Result<Json<ProductBody>, ApiError> {
-    check_merchant(&merchant)?;
-    let out = ingest::update_product(&state, &merchant, &id, patch).await?;
-    Ok(Json(ProductBody::from_ingested(out)))
+) -> Result<impl IntoResponse, ApiError> {
+    let out = ingest::update_product(&state, &path.merchant, &path.id, patch, if_match).await?;
+    Ok(written(StatusCode::OK, out))
 }
 
 async fn delete_product(
     State(state): State<AppState>,
-    ApiPath((merchant, id)): ApiPath<(String, String)>,
+    path: ProductPath,
+    IfMatch(if_match): IfMatch,
 ) -> Result<StatusCode, ApiError> {
-    check_merchant(&merchant)?;
-    ingest::delete_product(&state, &merchant, &id).await?;
+    ingest::delete_product(&state, &path.merchant, &path.id, if_match).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -174,35 +190,33 @@ struct ListParams {
 #[derive(Debug, Serialize)]
 struct ProductPage {
     products: Vec<ProductBody>,
-    /// Pass as `cursor` to get the next page; absent on the last page.
+    /// Pass as `cursor` to get the next page; absent on the last page. Opaque.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
 }
 
 async fn list_products(
     State(state): State<AppState>,
-    ApiPath(merchant): ApiPath<String>,
+    merchant: Merchant,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<ProductPage>, ApiError> {
-    check_merchant(&merchant)?;
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::InvalidRequest(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
     }
     let after = match params.cursor.as_deref() {
         None | Some("") => None,
-        Some(c) => Some(
-            c.parse::<i64>()
-                .ok()
-                .filter(|v| *v >= 0)
-                .ok_or_else(|| ApiError::InvalidRequest("invalid cursor".into()))?,
-        ),
+        Some(c) => Some(Cursor::parse(c)?.0),
     };
-    let records = state.store.list_products(&merchant, after, limit).await?;
+    let records = state
+        .store()
+        .list_products(merchant.as_str(), after, limit)
+        .await?;
     let next_cursor = (records.len() == limit)
-        .then(|| records.last().map(|p| p.id.to_string()))
+        .then(|| records.last().map(|p| Cursor(p.id).encode()))
         .flatten();
     Ok(Json(ProductPage {
         products: records

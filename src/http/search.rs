@@ -1,4 +1,7 @@
 //! `POST /v1/search`: a photo in, matching products out, with per-stage timings.
+//!
+//! The handler only gathers the options (query parameters, overridden by a multipart `options`
+//! part) and the image; defaults, bounds and admission are the search core's.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -8,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::extract::{ApiQuery, Upload};
-use crate::search::filter::TagFilter;
-use crate::search::{self, Attention, Grouping, SearchOptions, Timings};
-use crate::state::AppState;
+use crate::core::AppState;
+use crate::error::ErrorCode;
+use crate::search::{self, Attention, Grouping, RawOptions, Timings};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/search", post(search_handler))
@@ -30,68 +33,18 @@ pub struct SearchParams {
     pub group: Option<Grouping>,
 }
 
-/// Options as the multipart JSON part `options`; they override the query parameters.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptionsPart {
-    pub k: Option<usize>,
-    pub candidates: Option<usize>,
-    pub rerank: Option<bool>,
-    /// A compact string or a `{"all": [...]}` object.
-    pub filter: Option<serde_json::Value>,
-    pub merchant: Option<String>,
-    pub explain: Option<bool>,
-    pub group: Option<Grouping>,
-}
-
-/// Merges and validates the options against the configured bounds.
-pub fn resolve_options(
-    state: &AppState,
-    q: SearchParams,
-    part: Option<OptionsPart>,
-) -> Result<SearchOptions, ApiError> {
-    let s = &state.config.search;
-    let part = part.unwrap_or_default();
-    let k = part.k.or(q.k).unwrap_or(s.default_k);
-    if k == 0 || k > s.max_k {
-        return Err(ApiError::InvalidRequest(format!(
-            "k must be between 1 and {}",
-            s.max_k
-        )));
+impl From<SearchParams> for RawOptions {
+    fn from(q: SearchParams) -> Self {
+        RawOptions {
+            k: q.k,
+            candidates: q.candidates,
+            rerank: q.rerank,
+            filter: q.filter.map(serde_json::Value::String),
+            merchant: q.merchant,
+            explain: q.explain,
+            group: q.group,
+        }
     }
-    let candidates = part
-        .candidates
-        .or(q.candidates)
-        .unwrap_or(s.default_candidates.max(k));
-    if candidates == 0 || candidates > s.max_candidates {
-        return Err(ApiError::InvalidRequest(format!(
-            "candidates must be between 1 and {}",
-            s.max_candidates
-        )));
-    }
-    if candidates < k {
-        return Err(ApiError::InvalidRequest(
-            "candidates must be at least k".into(),
-        ));
-    }
-    let filter = match part.filter {
-        Some(serde_json::Value::String(s)) => TagFilter::parse(&s),
-        Some(serde_json::Value::Null) | None => TagFilter::parse(q.filter.as_deref().unwrap_or("")),
-        Some(v) => serde_json::from_value::<TagFilter>(v)
-            .map_err(|e| e.to_string())
-            .and_then(TagFilter::validated),
-    }
-    .map_err(ApiError::InvalidFilter)?;
-    let merchant = part.merchant.or(q.merchant).filter(|m| !m.is_empty());
-    Ok(SearchOptions {
-        k,
-        candidates,
-        rerank: part.rerank.or(q.rerank).unwrap_or(true),
-        filter,
-        merchant,
-        explain: part.explain.or(q.explain).unwrap_or(false),
-        group: part.group.or(q.group).unwrap_or_default(),
-    })
 }
 
 #[derive(Debug, Serialize)]
@@ -141,26 +94,24 @@ async fn search_handler(
     mut upload: Upload,
 ) -> Result<(HeaderMap, Json<SearchBody>), ApiError> {
     upload.only_parts(&["options"])?;
-    let part: Option<OptionsPart> = upload.json_part("options")?;
-    let opts = resolve_options(&state, params, part)?;
+    let part: Option<RawOptions> = upload.json_part("options")?;
+    let raw = RawOptions::from(params).overridden_by(part.unwrap_or_default());
+    let opts = raw.resolve(&state.config().search)?;
     let image = match upload.images.len() {
         1 => upload.images.pop().expect("one image; this is a bug"),
         0 => {
-            return Err(ApiError::InvalidRequest(
-                "send one image (a part named `image` or an image/* body)".into(),
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "send one image (a part named `image` or an image/* body)",
             ))
         }
         _ => {
-            return Err(ApiError::InvalidRequest(
-                "send exactly one image per search".into(),
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "send exactly one image per search",
             ))
         }
     };
-    let _permit = state
-        .search_permits
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::Overloaded)?;
     let outcome = search::search(&state, image, &opts).await?;
     let (h, w) = outcome.grid;
     let results = outcome
@@ -182,7 +133,7 @@ async fn search_handler(
         })
         .collect();
     let body = SearchBody {
-        model_version: state.model_version().to_owned(),
+        model_version: outcome.model_version.clone(),
         reranked: outcome.reranked,
         candidates: outcome.candidates.len(),
         results,

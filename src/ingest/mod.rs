@@ -1,39 +1,68 @@
-//! The ingest path: merchants' products and shop images in, searchable embeddings out.
+//! The write path: merchants' products and shop images in, searchable embeddings out.
 //!
-//! Each image is decoded on the blocking pool, embedded by the shop branch (TagYNet) with the
-//! product's tag vector, stored content-addressed, and committed with its embedding in one
-//! transaction; only then are the index and the catalogue updated. HTTP-free so that
-//! `snapshop eval` ingests through exactly this code. It must never answer before the commit.
+//! Each image is decoded on the blocking pool and embedded by the shop branch (TagYNet) with the
+//! product's tags, with no lock held. Only the commit and its apply to the search view happen
+//! under the shared side of the write gate. Concurrent writes to one product are ordered by the
+//! product's version: a write that embedded with tags that changed meanwhile loses its
+//! compare-and-set and starts again with fresh state (or, when the client sent `If-Match`, gets
+//! `version_conflict`). A write whose model was switched away while it embedded redoes the work
+//! with the new model. HTTP-free, so `snapshop eval` ingests through exactly this code. It must
+//! never answer before the commit.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use snapshop_index::{IndexError, Key};
-use snapshop_inference::InferenceError;
+use snapshop_store::{NewImage, NewProduct as NewProductRow, ProductRecord, ProductUpdate, StoreError, Written};
 
-use crate::images::{self, ImageError};
+use crate::core::{Core, Serving};
+use crate::error::{Coded, ErrorCode};
+use crate::ids::{validate_product_id, ETag, IdError, Merchant};
+use crate::images;
+use crate::model::{Model, ModelError};
 use crate::search::filter::validate_tag;
-use crate::state::AppState;
-use crate::store::{Changes, NewImage, ProductRecord, ProductUpdate, StoreError};
+use crate::view::Change;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
-    Image(#[from] ImageError),
+    Id(#[from] IdError),
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("inference failed: {0}")]
-    Inference(#[from] InferenceError),
-    #[error("index failed: {0}")]
-    Index(#[from] IndexError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
     #[error("image file {path}: {source}")]
     Io {
         path: String,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Internal(String),
+    #[error("product `{id}` of merchant `{merchant}` kept changing; gave up after {attempts} attempts")]
+    Contended {
+        merchant: String,
+        id: String,
+        attempts: usize,
+    },
+}
+
+impl Coded for IngestError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            IngestError::Id(e) => e.code(),
+            IngestError::Invalid(_) => ErrorCode::InvalidField,
+            IngestError::Store(e) => e.code(),
+            IngestError::Model(e) => e.code(),
+            IngestError::Io { .. } => ErrorCode::Internal,
+            IngestError::Contended { .. } => ErrorCode::Overloaded,
+        }
+    }
+}
+
+impl From<crate::images::ImageError> for IngestError {
+    fn from(e: crate::images::ImageError) -> Self {
+        IngestError::Model(ModelError::Image(e))
+    }
 }
 
 /// A product as a merchant submits it.
@@ -69,39 +98,26 @@ pub struct Ingested {
     pub unknown_to_model: Vec<String>,
 }
 
-const MAX_ID_LEN: usize = 256;
-/// Images of one request decoded and embedded at once.
+impl Ingested {
+    pub fn etag(&self) -> ETag {
+        etag_of(&self.product)
+    }
+}
+
+pub fn etag_of(p: &ProductRecord) -> ETag {
+    ETag {
+        product_id: p.id,
+        version: p.version,
+    }
+}
+
+/// Images of one request decoded and embedded at once (so the queue can batch them; bounded,
+/// since a decoded photo can take tens of megabytes).
 const IMAGES_IN_FLIGHT: usize = 4;
 const MAX_TITLE_LEN: usize = 1024;
 const MAX_TAGS: usize = 256;
-
-/// A merchant name: 1-64 of `[A-Za-z0-9._-]`.
-pub fn validate_merchant(merchant: &str) -> Result<(), IngestError> {
-    let ok = !merchant.is_empty()
-        && merchant.len() <= 64
-        && merchant
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(IngestError::Invalid(format!(
-            "merchant `{merchant}` must be 1-64 characters of A-Z a-z 0-9 . _ -"
-        )))
-    }
-}
-
-fn validate_product_id(id: &str) -> Result<(), IngestError> {
-    if id.trim().is_empty()
-        || id.len() > MAX_ID_LEN
-        || id.chars().any(|c| c.is_control() || c == '/')
-    {
-        return Err(IngestError::Invalid(format!(
-            "product id must be 1-{MAX_ID_LEN} bytes without `/` or control characters"
-        )));
-    }
-    Ok(())
-}
+/// Compare-and-set attempts before a write to a hot product gives up (503, retry later).
+const MAX_ATTEMPTS: usize = 32;
 
 fn validate_title(title: &str) -> Result<(), IngestError> {
     if title.trim().is_empty() || title.len() > MAX_TITLE_LEN {
@@ -137,8 +153,8 @@ pub fn normalise_tags(tags: Vec<String>) -> Result<Vec<String>, IngestError> {
     Ok(out)
 }
 
-fn check_count(state: &AppState, images: &[Bytes]) -> Result<(), IngestError> {
-    let max = state.config.limits.max_images_per_request;
+fn check_count(core: &Core, images: &[Bytes]) -> Result<(), IngestError> {
+    let max = core.config().limits.max_images_per_request;
     if images.len() > max {
         return Err(IngestError::Invalid(format!(
             "at most {max} images per request"
@@ -147,148 +163,124 @@ fn check_count(state: &AppState, images: &[Bytes]) -> Result<(), IngestError> {
     Ok(())
 }
 
-fn check_embedding(v: &[f32], dim: usize) -> Result<(), IngestError> {
-    let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if v.len() != dim || !v.iter().all(|x| x.is_finite()) || (norm - 1.0).abs() > 1e-2 {
-        return Err(IngestError::Internal(format!(
-            "the shop model returned an invalid embedding (len {}, norm {norm})",
-            v.len()
-        )));
-    }
-    Ok(())
-}
-
 /// Decodes, embeds and stores the files of new images (before any database write).
 async fn embed_new_images(
-    state: &AppState,
+    core: &Core,
+    model: &Model,
     tags: &[String],
-    files: Vec<Bytes>,
+    files: &[Bytes],
 ) -> Result<Vec<NewImage>, IngestError> {
-    let (tag_vector, _) = state.bundle.tag_vector(tags);
-    let dim = state.bundle.embedding_dim();
-    let work = files.into_iter().map(|bytes| {
-        let tag_vector = tag_vector.clone();
-        async move {
-            let sha256 = images::sha256_hex(&bytes);
-            let prepared = images::prepare(
-                state.preprocessor.clone(),
-                bytes.clone(),
-                state.image_limits,
-            )
-            .await?;
-            let embedding = state.queue.embed_shop(prepared.tensor, tag_vector).await?;
-            check_embedding(&embedding, dim)?;
-            let path = images::relative_path(&sha256, prepared.format);
-            images::store_file(&state.config.data_dir, &path, bytes.clone())
-                .await
-                .map_err(|source| IngestError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-            Ok::<_, IngestError>(NewImage {
-                sha256,
-                byte_size: bytes.len() as i64,
-                width: prepared.width,
-                height: prepared.height,
-                format: prepared.format.to_owned(),
-                path,
-                embedding,
-            })
-        }
+    let limits = core.image_limits();
+    let work = files.iter().cloned().map(|bytes| async move {
+        let sha256 = images::sha256_hex(&bytes);
+        let prepared = model.prepare(bytes.clone(), limits).await?;
+        let embedding = model.embed_shop(prepared.tensor, tags).await?;
+        let path = images::relative_path(&sha256, prepared.format);
+        core.files()
+            .store(&path, bytes.clone())
+            .await
+            .map_err(|source| IngestError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok::<_, IngestError>(NewImage {
+            sha256,
+            byte_size: bytes.len() as i64,
+            width: prepared.width,
+            height: prepared.height,
+            format: prepared.format.to_owned(),
+            path,
+            embedding,
+        })
     });
-    // Several at once, so that the inference queue can batch them, but bounded: each decoded
-    // photo can take tens of megabytes.
-    stream::iter(work)
-        .buffered(IMAGES_IN_FLIGHT)
-        .try_collect()
-        .await
+    stream::iter(work).buffered(IMAGES_IN_FLIGHT).try_collect().await
 }
 
-/// Re-embeds stored image files with a product's (new) tags.
+/// Re-embeds stored image files with (new) tags. Stored files were accepted once, so the current
+/// limits do not apply to them.
 pub async fn reembed_files(
-    state: &AppState,
+    core: &Core,
+    model: &Model,
     tags: &[String],
     files: Vec<(i64, String)>,
 ) -> Result<Vec<(i64, Vec<f32>)>, IngestError> {
-    let (tag_vector, _) = state.bundle.tag_vector(tags);
-    let dim = state.bundle.embedding_dim();
-    let work = files.into_iter().map(|(image_id, path)| {
-        let tag_vector = tag_vector.clone();
-        async move {
-            let full = state.config.data_dir.join(&path);
-            let bytes = tokio::fs::read(&full)
-                .await
-                .map_err(|source| IngestError::Io { path, source })?;
-            // Stored files were accepted once; the current limits must not lock them out.
-            let limits = snapshop_inference::ImageLimits {
-                max_bytes: usize::MAX,
-                max_pixels: u64::MAX,
-                max_side: u32::MAX,
-            };
-            let prepared =
-                images::prepare(state.preprocessor.clone(), Bytes::from(bytes), limits).await?;
-            let embedding = state.queue.embed_shop(prepared.tensor, tag_vector).await?;
-            check_embedding(&embedding, dim)?;
-            Ok::<_, IngestError>((image_id, embedding))
-        }
+    let work = files.into_iter().map(|(image_id, path)| async move {
+        let bytes = core
+            .files()
+            .read(&path)
+            .await
+            .map_err(|source| IngestError::Io { path, source })?;
+        let prepared = model.prepare(Bytes::from(bytes), unlimited()).await?;
+        let embedding = model.embed_shop(prepared.tensor, tags).await?;
+        Ok::<_, IngestError>((image_id, embedding))
     });
-    stream::iter(work)
-        .buffered(IMAGES_IN_FLIGHT)
-        .try_collect()
-        .await
+    stream::iter(work).buffered(IMAGES_IN_FLIGHT).try_collect().await
 }
 
-/// Applies a committed write to the index and the catalogue. Call with the write lock held.
-async fn apply(
-    state: &AppState,
-    product: &ProductRecord,
-    changes: Changes,
-) -> Result<(), IngestError> {
-    state.catalog.upsert_product(product);
-    for key in &changes.removed {
-        state.catalog.remove_key(*key as Key);
+pub fn unlimited() -> snapshop_inference::ImageLimits {
+    snapshop_inference::ImageLimits {
+        max_bytes: usize::MAX,
+        max_pixels: u64::MAX,
+        max_side: u32::MAX,
     }
-    let index = state.index.clone();
-    let removed = changes.removed.clone();
-    let added: Vec<(Key, Vec<f32>)> = changes
-        .added
-        .iter()
-        .map(|(r, v)| (r.id as Key, v.clone()))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        for key in removed {
-            index.remove(key as Key);
-        }
-        for (key, v) in &added {
-            index.insert(*key, v)?;
-        }
-        Ok::<_, IndexError>(())
-    })
-    .await
-    .map_err(|e| IngestError::Internal(format!("index task failed: {e}")))??;
-    for (r, _) in &changes.added {
-        state.catalog.add_key(r.id as Key, r.image_id);
-    }
-    Ok(())
 }
 
-fn ingested(state: &AppState, product: ProductRecord) -> Ingested {
-    let (_, unknown_to_model) = state.bundle.tag_vector(&product.tags);
+fn ingested(serving: &Serving, product: ProductRecord) -> Ingested {
     Ingested {
+        unknown_to_model: serving.model.unknown_tags(&product.tags),
         product,
-        unknown_to_model,
     }
+}
+
+/// Whether the model that embedded is still the one serving (else the write starts again).
+fn same_model(core: &Core, serving: &Serving) -> bool {
+    core.serving().model.version() == serving.model.version()
+}
+
+async fn backoff(attempt: usize) {
+    // Short and jittered: the competing write is usually done within milliseconds.
+    let jitter = (std::process::id() as u64 ^ attempt as u64 * 7919) % 5;
+    tokio::time::sleep(Duration::from_millis((1 + attempt as u64).min(20) + jitter)).await;
+}
+
+/// Checks the client's `If-Match` against the product it names. `Err(VersionConflict)` when it
+/// names another incarnation of the product or another version.
+fn check_if_match(p: &ProductRecord, if_match: Option<ETag>) -> Result<Option<i64>, IngestError> {
+    match if_match {
+        None => Ok(None),
+        Some(e) if e.product_id == p.id && e.version == p.version => Ok(Some(e.version)),
+        Some(e) => Err(StoreError::VersionConflict {
+            merchant: p.merchant.clone(),
+            id: p.external_id.clone(),
+            expected: e.version,
+            actual: p.version,
+        }
+        .into()),
+    }
+}
+
+/// Commits through the gate and applies the change; `None` if the model switched meanwhile.
+async fn commit<F>(core: &Core, serving: &Serving, write: F) -> Result<Option<Written>, IngestError>
+where
+    F: std::future::Future<Output = Result<Written, StoreError>>,
+{
+    let _gate = core.write_gate().await;
+    if !same_model(core, serving) {
+        return Ok(None);
+    }
+    let written = write.await?;
+    core.apply(&serving.view, Change::Upsert(written.state.clone())).await;
+    Ok(Some(written))
 }
 
 /// Creates a product with its images.
-#[tracing::instrument(skip_all, fields(merchant, id = %new.id, images = files.len()))]
+#[tracing::instrument(skip_all, fields(merchant = %merchant, id = %new.id, images = files.len()))]
 pub async fn create_product(
-    state: &AppState,
-    merchant: &str,
+    core: &Core,
+    merchant: &Merchant,
     new: NewProduct,
     files: Vec<Bytes>,
 ) -> Result<Ingested, IngestError> {
-    validate_merchant(merchant)?;
     validate_product_id(&new.id)?;
     validate_title(&new.title)?;
     validate_attributes(&new.attributes)?;
@@ -298,83 +290,92 @@ pub async fn create_product(
             "a product needs at least one image".into(),
         ));
     }
-    check_count(state, &files)?;
+    check_count(core, &files)?;
     // Fail fast before the expensive part; the insert still catches a race.
-    if state.store.product_exists(merchant, &new.id).await? {
-        return Err(StoreError::ProductExists {
-            merchant: merchant.to_owned(),
-            id: new.id,
+    match core.store().get_product(merchant.as_str(), &new.id).await {
+        Ok(_) => {
+            return Err(StoreError::ProductExists {
+                merchant: merchant.to_string(),
+                id: new.id,
+            }
+            .into())
         }
-        .into());
+        Err(StoreError::ProductNotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
     }
-    let images = embed_new_images(state, &tags, files).await?;
-    let _guard = state.write_lock.lock().await;
-    let (product, changes) = state
-        .store
-        .create_product(
-            merchant,
-            &new.id,
-            new.title.trim(),
-            &new.attributes,
-            &tags,
-            images,
-            state.model_version(),
-        )
-        .await?;
-    apply(state, &product, changes).await?;
-    Ok(ingested(state, product))
+    loop {
+        let serving = core.serving();
+        let images = embed_new_images(core, &serving.model, &tags, &files).await?;
+        let row = NewProductRow {
+            merchant: merchant.to_string(),
+            external_id: new.id.clone(),
+            title: new.title.trim().to_owned(),
+            attributes: new.attributes.clone(),
+            tags: tags.clone(),
+        };
+        let write = core.store().create_product(row, images, serving.model.version());
+        if let Some(w) = commit(core, &serving, write).await? {
+            return Ok(ingested(&serving, w.product));
+        }
+    }
 }
 
 /// Adds images to an existing product.
+#[tracing::instrument(skip_all, fields(merchant = %merchant, id, images = files.len()))]
 pub async fn add_images(
-    state: &AppState,
-    merchant: &str,
+    core: &Core,
+    merchant: &Merchant,
     id: &str,
     files: Vec<Bytes>,
+    if_match: Option<ETag>,
 ) -> Result<Ingested, IngestError> {
     if files.is_empty() {
         return Err(IngestError::Invalid("send at least one image".into()));
     }
-    check_count(state, &files)?;
-    let current = state.store.get_product(merchant, id).await?;
-    let images = embed_new_images(state, &current.tags, files).await?;
-    let _guard = state.write_lock.lock().await;
-    let (product, changes) = state
-        .store
-        .add_images(merchant, id, images, state.model_version())
-        .await?;
-    // The tags may have changed while these images were embedded: re-embed with the new ones.
-    if product.tags != current.tags {
-        let added: Vec<i64> = changes.added.iter().map(|(r, _)| r.image_id).collect();
-        apply(state, &product, changes).await?;
-        let files = product
-            .images
-            .iter()
-            .filter(|i| added.contains(&i.id))
-            .map(|i| (i.id, i.path.clone()))
-            .collect();
-        let embeddings = reembed_files(state, &product.tags, files).await?;
-        let update = ProductUpdate {
-            embeddings,
-            ..Default::default()
+    check_count(core, &files)?;
+    let mut embedded: Option<(String, Vec<String>, Vec<NewImage>)> = None;
+    for attempt in 0..MAX_ATTEMPTS {
+        let serving = core.serving();
+        let current = core.store().get_product(merchant.as_str(), id).await?;
+        let expect = check_if_match(&current, if_match)?.unwrap_or(current.version);
+        // Embeddings depend only on the bytes, the tags and the model: reuse them when neither
+        // changed since the last attempt.
+        let images = match embedded.take() {
+            Some((v, t, imgs)) if v == serving.model.version() && t == current.tags => imgs,
+            _ => embed_new_images(core, &serving.model, &current.tags, &files).await?,
         };
-        let (product, changes) = state
-            .store
-            .update_product(merchant, id, update, state.model_version())
-            .await?;
-        apply(state, &product, changes).await?;
-        return Ok(ingested(state, product));
+        let write = core.store().add_images(
+            merchant.as_str(),
+            id,
+            Some(expect),
+            images.clone(),
+            serving.model.version(),
+        );
+        match commit(core, &serving, write).await {
+            Ok(Some(w)) => return Ok(ingested(&serving, w.product)),
+            Ok(None) => {}
+            Err(IngestError::Store(StoreError::VersionConflict { .. })) if if_match.is_none() => {
+                embedded = Some((serving.model.version().to_owned(), current.tags, images));
+                backoff(attempt).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    apply(state, &product, changes).await?;
-    Ok(ingested(state, product))
+    Err(IngestError::Contended {
+        merchant: merchant.to_string(),
+        id: id.to_owned(),
+        attempts: MAX_ATTEMPTS,
+    })
 }
 
 /// Changes title, attributes or tags; a tag change re-embeds the product's images.
+#[tracing::instrument(skip_all, fields(merchant = %merchant, id))]
 pub async fn update_product(
-    state: &AppState,
-    merchant: &str,
+    core: &Core,
+    merchant: &Merchant,
     id: &str,
     patch: ProductPatch,
+    if_match: Option<ETag>,
 ) -> Result<Ingested, IngestError> {
     if let Some(t) = &patch.title {
         validate_title(t)?;
@@ -383,54 +384,71 @@ pub async fn update_product(
         validate_attributes(a)?;
     }
     let tags = patch.tags.map(normalise_tags).transpose()?;
-    // Held across the re-embedding so that no image is added with the old tags meanwhile.
-    let _guard = state.write_lock.lock().await;
-    let current = state.store.get_product(merchant, id).await?;
-    let embeddings = match &tags {
-        Some(tags) if *tags != current.tags => {
-            let files = current
-                .images
-                .iter()
-                .map(|i| (i.id, i.path.clone()))
-                .collect();
-            reembed_files(state, tags, files).await?
-        }
-        _ => Vec::new(),
-    };
-    let update = ProductUpdate {
-        title: patch.title.map(|t| t.trim().to_owned()),
-        attributes: patch.attributes,
-        tags,
-        embeddings,
-    };
-    let (product, changes) = state
-        .store
-        .update_product(merchant, id, update, state.model_version())
-        .await?;
-    apply(state, &product, changes).await?;
-    Ok(ingested(state, product))
-}
-
-/// Deletes a product; it leaves search results at once.
-pub async fn delete_product(state: &AppState, merchant: &str, id: &str) -> Result<(), IngestError> {
-    let _guard = state.write_lock.lock().await;
-    let (product, changes, orphaned) = state.store.delete_product(merchant, id).await?;
-    let mut keys = state.catalog.remove_product(product.id);
-    keys.extend(changes.removed.iter().map(|k| *k as Key));
-    let index = state.index.clone();
-    tokio::task::spawn_blocking(move || {
-        for k in keys {
-            index.remove(k);
-        }
-    })
-    .await
-    .map_err(|e| IngestError::Internal(format!("index task failed: {e}")))?;
-    for path in orphaned {
-        let full = state.config.data_dir.join(&path);
-        if let Err(e) = tokio::fs::remove_file(&full).await {
-            tracing::warn!(path = %full.display(), error = %e, "could not delete an image file");
+    for attempt in 0..MAX_ATTEMPTS {
+        let serving = core.serving();
+        let current = core.store().get_product(merchant.as_str(), id).await?;
+        let client_expect = check_if_match(&current, if_match)?;
+        let retag = tags.as_ref().filter(|t| **t != current.tags);
+        let embeddings = match retag {
+            Some(tags) => {
+                let files = current.images.iter().map(|i| (i.id, i.path.clone())).collect();
+                reembed_files(core, &serving.model, tags, files).await?
+            }
+            None => Vec::new(),
+        };
+        // A re-embedding is only valid for the images and tags it read: compare-and-set.
+        let expect = client_expect.or(retag.map(|_| current.version));
+        let update = ProductUpdate {
+            title: patch.title.as_ref().map(|t| t.trim().to_owned()),
+            attributes: patch.attributes.clone(),
+            tags: tags.clone(),
+            embeddings,
+        };
+        let write =
+            core.store()
+                .update_product(merchant.as_str(), id, expect, update, serving.model.version());
+        match commit(core, &serving, write).await {
+            Ok(Some(w)) => return Ok(ingested(&serving, w.product)),
+            Ok(None) => {}
+            Err(IngestError::Store(StoreError::VersionConflict { .. })) if if_match.is_none() => {
+                backoff(attempt).await;
+            }
+            Err(e) => return Err(e),
         }
     }
+    Err(IngestError::Contended {
+        merchant: merchant.to_string(),
+        id: id.to_owned(),
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+/// Deletes a product; it leaves search results at once. Its image files are swept later if no
+/// other product uses them.
+#[tracing::instrument(skip_all, fields(merchant = %merchant, id))]
+pub async fn delete_product(
+    core: &Core,
+    merchant: &Merchant,
+    id: &str,
+    if_match: Option<ETag>,
+) -> Result<(), IngestError> {
+    let expect = match if_match {
+        None => None,
+        Some(_) => {
+            let current = core.store().get_product(merchant.as_str(), id).await?;
+            check_if_match(&current, if_match)?
+        }
+    };
+    let _gate = core.write_gate().await;
+    let serving = core.serving();
+    let deleted = core.store().delete_product(merchant.as_str(), id, expect).await?;
+    core.apply(
+        &serving.view,
+        Change::Delete {
+            product_id: deleted.product.id,
+        },
+    )
+    .await;
     Ok(())
 }
 
@@ -454,17 +472,9 @@ mod tests {
     }
 
     #[test]
-    fn names_are_checked() {
-        assert!(validate_merchant("acme-shop_1.eu").is_ok());
-        for bad in ["", "a b", "a/b", &"x".repeat(65)] {
-            assert!(validate_merchant(bad).is_err(), "{bad}");
-        }
-        assert!(validate_product_id("SKU 123").is_ok());
-        assert!(validate_product_id(" ").is_err());
-        assert!(validate_product_id("a/b").is_err());
+    fn fields_are_checked() {
         assert!(validate_attributes(&serde_json::json!([1])).is_err());
-        assert!(check_embedding(&[0.6, 0.8], 2).is_ok());
-        assert!(check_embedding(&[0.6, f32::NAN], 2).is_err());
-        assert!(check_embedding(&[1.0, 1.0], 2).is_err());
+        assert!(validate_title(" ").is_err());
+        assert!(validate_title("Red dress").is_ok());
     }
 }

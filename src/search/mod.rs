@@ -1,10 +1,12 @@
 //! The search path of the paper's §4.1, for one photo:
-//! decode → user branch (features + mean-pooled embedding) → ANN first pass over the TagYNet
-//! shop embeddings (top N, after filters) → one CtxYNet re-rank call over all N candidates →
-//! group by product (best image wins) → top k.
+//! admission → decode → user branch (features + mean-pooled embedding) → ANN first pass over the
+//! TagYNet shop embeddings (top N, after filters) → one CtxYNet re-rank call over all N
+//! candidates → group by product (best image wins) → top k.
 //!
-//! HTTP-free so that `snapshop eval` measures exactly this code. It must never block the async
-//! runtime: decoding and index calls go to the blocking pool, the models to the inference queue.
+//! Option defaults, bounds and admission live here, so HTTP, `snapshop eval` and `snapshop bench`
+//! behave the same. One search uses one model and the view it made, start to end, even across a
+//! hot swap. It must never block the async runtime: decoding and index calls go to the blocking
+//! pool, the models to the inference queue.
 
 pub mod filter;
 
@@ -17,25 +19,43 @@ use serde::{Deserialize, Serialize};
 use snapshop_index::{Hit, IndexError, Key};
 use snapshop_inference::InferenceError;
 
-use crate::catalog::ProductEntry;
-use crate::images::{self, ImageError};
-use crate::state::AppState;
+use crate::config::SearchSettings;
+use crate::core::{Core, Overloaded, Serving};
+use crate::error::{Coded, ErrorCode};
+use crate::images::ImageError;
+use crate::view::ProductInfo;
 use filter::TagFilter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
     #[error(transparent)]
     Image(#[from] ImageError),
-    #[error("{0}")]
+    #[error("invalid filter: {0}")]
     Filter(String),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
     #[error("inference failed: {0}")]
     Inference(#[from] InferenceError),
     #[error("index failed: {0}")]
     Index(#[from] IndexError),
     #[error("{0}")]
     Internal(String),
+}
+
+impl Coded for SearchError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            SearchError::Image(e) => e.code(),
+            SearchError::Filter(_) => ErrorCode::InvalidFilter,
+            SearchError::Invalid(_) => ErrorCode::InvalidRequest,
+            SearchError::Overloaded(_) => ErrorCode::Overloaded,
+            SearchError::Inference(e) => e.code(),
+            SearchError::Index(e) => e.code(),
+            SearchError::Internal(_) => ErrorCode::Internal,
+        }
+    }
 }
 
 /// How results are grouped.
@@ -47,6 +67,80 @@ pub enum Grouping {
     Product,
     /// One result per shop image (used to compare with the pipeline's image-level P@K).
     Image,
+}
+
+/// Options as a client gives them, every one optional (query parameters and the multipart
+/// `options` part both deserialize into this; the part wins field by field).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOptions {
+    pub k: Option<usize>,
+    pub candidates: Option<usize>,
+    pub rerank: Option<bool>,
+    /// A compact string (`a:b,c:d|e:f`) or a `{"all": [...]}` object (as a JSON string in a
+    /// query parameter).
+    pub filter: Option<serde_json::Value>,
+    pub merchant: Option<String>,
+    pub explain: Option<bool>,
+    pub group: Option<Grouping>,
+}
+
+impl RawOptions {
+    /// `self`, with the fields `over` sets replacing them.
+    pub fn overridden_by(self, over: RawOptions) -> RawOptions {
+        RawOptions {
+            k: over.k.or(self.k),
+            candidates: over.candidates.or(self.candidates),
+            rerank: over.rerank.or(self.rerank),
+            filter: match over.filter {
+                None | Some(serde_json::Value::Null) => self.filter,
+                f => f,
+            },
+            merchant: over.merchant.or(self.merchant),
+            explain: over.explain.or(self.explain),
+            group: over.group.or(self.group),
+        }
+    }
+
+    /// Applies the defaults and checks the bounds of `settings`.
+    pub fn resolve(self, s: &SearchSettings) -> Result<SearchOptions, SearchError> {
+        let k = self.k.unwrap_or(s.default_k);
+        if k == 0 || k > s.max_k {
+            return Err(SearchError::Invalid(format!(
+                "k must be between 1 and {}",
+                s.max_k
+            )));
+        }
+        let candidates = self.candidates.unwrap_or(s.default_candidates.max(k));
+        if candidates == 0 || candidates > s.max_candidates {
+            return Err(SearchError::Invalid(format!(
+                "candidates must be between 1 and {}",
+                s.max_candidates
+            )));
+        }
+        if candidates < k {
+            return Err(SearchError::Invalid(
+                "candidates must be at least k".into(),
+            ));
+        }
+        let filter = match self.filter {
+            None | Some(serde_json::Value::Null) => Ok(TagFilter::default()),
+            Some(serde_json::Value::String(text)) => TagFilter::parse(&text),
+            Some(v) => serde_json::from_value::<TagFilter>(v)
+                .map_err(|e| e.to_string())
+                .and_then(TagFilter::validated),
+        }
+        .map_err(SearchError::Filter)?;
+        Ok(SearchOptions {
+            k,
+            candidates,
+            rerank: self.rerank.unwrap_or(true),
+            filter,
+            merchant: self.merchant.filter(|m| !m.is_empty()),
+            explain: self.explain.unwrap_or(false),
+            group: self.group.unwrap_or_default(),
+        })
+    }
 }
 
 /// Validated search options.
@@ -83,7 +177,7 @@ pub struct Attention {
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub key: Key,
-    pub product: Arc<ProductEntry>,
+    pub product: Arc<ProductInfo>,
     pub image_id: i64,
     /// 1-based rank in the first pass.
     pub first_pass_rank: usize,
@@ -103,6 +197,8 @@ impl Candidate {
 /// Everything one search found: all candidates in first-pass order, and the timings.
 #[derive(Debug)]
 pub struct SearchOutcome {
+    /// The model (and view) that answered.
+    pub model_version: String,
     pub candidates: Vec<Candidate>,
     pub reranked: bool,
     pub timings: Timings,
@@ -150,68 +246,69 @@ fn record_stage(stage: &'static str, ms: f64) {
         .record(ms / 1e3);
 }
 
-/// Runs the whole search for one uploaded photo.
+/// Runs the whole search for one uploaded photo: admission first (or [`Overloaded`] at once),
+/// then one model and its view from start to end.
 #[tracing::instrument(skip_all, fields(bytes = image.len(), k = opts.k, candidates = opts.candidates, rerank = opts.rerank))]
 pub async fn search(
-    state: &AppState,
+    core: &Core,
     image: bytes::Bytes,
     opts: &SearchOptions,
 ) -> Result<SearchOutcome, SearchError> {
+    let _permit = core.admit_search()?;
+    let serving = core.serving();
     let start = Instant::now();
     let t = Instant::now();
-    let prepared = images::prepare(state.preprocessor.clone(), image, state.image_limits).await?;
+    let prepared = serving.model.prepare(image, core.image_limits()).await?;
     let decode = ms(t);
     record_stage("decode", decode);
-    let mut outcome = search_prepared(state, prepared.tensor, opts).await?;
+    let mut outcome = search_prepared(&serving, prepared.tensor, opts).await?;
     outcome.timings.decode = decode;
     outcome.timings.total = ms(start);
     record_stage("total", outcome.timings.total);
     Ok(outcome)
 }
 
-/// The search from an already preprocessed query tensor.
+/// The search from an already preprocessed query tensor, on one serving pair.
 pub async fn search_prepared(
-    state: &AppState,
+    serving: &Arc<Serving>,
     tensor: ndarray::Array3<f32>,
     opts: &SearchOptions,
 ) -> Result<SearchOutcome, SearchError> {
     let mut timings = Timings::default();
-    let grid = state.bundle.grid();
+    let model = &serving.model;
+    let grid = model.grid();
 
     let t = Instant::now();
-    let user = state.queue.embed_user(tensor).await?;
+    let user = model.embed_user(tensor).await?;
     timings.embed = ms(t);
     record_stage("embed", timings.embed);
 
     let t = Instant::now();
-    let allowed = state
-        .catalog
-        .allowed(&opts.filter, opts.merchant.as_deref());
-    let hits: Vec<Hit> = if allowed.as_ref().is_some_and(|a| a.is_empty()) {
-        Vec::new()
-    } else {
-        let index = state.index.clone();
-        let n = opts.candidates;
-        let embedding = user.embedding;
-        tokio::task::spawn_blocking(move || index.search(&embedding, n, allowed.as_ref()))
-            .await
-            .map_err(|e| SearchError::Internal(format!("index task failed: {e}")))??
-    };
-    let mut candidates: Vec<Candidate> = Vec::with_capacity(hits.len());
-    for hit in hits {
-        // A key can disappear between the index and the catalogue (a concurrent delete).
-        if let Some((product, image_id)) = state.catalog.lookup(hit.key) {
-            candidates.push(Candidate {
-                key: hit.key,
-                product,
-                image_id,
-                first_pass_rank: candidates.len() + 1,
-                first_pass_score: hit.score,
-                rerank_score: None,
-                attention: None,
-            });
+    let view = serving.view.clone();
+    let (n, filter, merchant) = (opts.candidates, opts.filter.clone(), opts.merchant.clone());
+    let embedding = user.embedding;
+    let found = tokio::task::spawn_blocking(move || {
+        let hits: Vec<Hit> = view.search(&embedding, n, &filter, merchant.as_deref())?;
+        let mut candidates: Vec<Candidate> = Vec::with_capacity(hits.len());
+        for hit in hits {
+            // A key can leave between the index and the postings (a concurrent delete).
+            if let Some((product, image_id)) = view.lookup(hit.key) {
+                candidates.push(Candidate {
+                    key: hit.key,
+                    product,
+                    image_id,
+                    first_pass_rank: candidates.len() + 1,
+                    first_pass_score: hit.score,
+                    rerank_score: None,
+                    attention: None,
+                });
+            }
         }
-    }
+        Ok::<_, IndexError>(candidates)
+    })
+    .await
+    .map_err(|e| SearchError::Internal(format!("index task failed: {e}")))??;
+    let mut candidates = found;
     timings.ann = ms(t);
     record_stage("ann", timings.ann);
 
@@ -219,11 +316,11 @@ pub async fn search_prepared(
     if opts.rerank && !candidates.is_empty() {
         let t = Instant::now();
         let keys: Vec<Key> = candidates.iter().map(|c| c.key).collect();
-        let index = state.index.clone();
-        let vectors = tokio::task::spawn_blocking(move || index.vectors(&keys))
+        let view = serving.view.clone();
+        let vectors = tokio::task::spawn_blocking(move || view.ann().vectors(&keys))
             .await
             .map_err(|e| SearchError::Internal(format!("index task failed: {e}")))?;
-        let dim = state.bundle.embedding_dim();
+        let dim = model.embedding_dim();
         let mut kept = Vec::with_capacity(candidates.len());
         let mut flat = Vec::with_capacity(candidates.len() * dim);
         for (c, v) in candidates.into_iter().zip(vectors) {
@@ -236,7 +333,7 @@ pub async fn search_prepared(
         if !candidates.is_empty() {
             let matrix = Array2::from_shape_vec((candidates.len(), dim), flat)
                 .map_err(|e| SearchError::Internal(format!("candidate matrix: {e}")))?;
-            let out = state.queue.rerank(Arc::new(user.features), matrix).await?;
+            let out = model.rerank(Arc::new(user.features), matrix).await?;
             if out.scores.len() != candidates.len() {
                 return Err(SearchError::Internal(format!(
                     "re-rank returned {} scores for {} candidates",
@@ -257,6 +354,7 @@ pub async fn search_prepared(
     }
     metrics::histogram!("snapshop_search_candidates").record(candidates.len() as f64);
     Ok(SearchOutcome {
+        model_version: model.version().to_owned(),
         candidates,
         reranked,
         timings,
@@ -268,10 +366,31 @@ pub async fn search_prepared(
 mod tests {
     use super::*;
 
+    #[test]
+    fn options_resolve_with_defaults_and_bounds() {
+        let s = SearchSettings::default();
+        let o = RawOptions::default().resolve(&s).unwrap();
+        assert_eq!((o.k, o.candidates, o.rerank), (20, 256, true));
+        let bad = |r: RawOptions| r.resolve(&s).unwrap_err().code();
+        assert_eq!(bad(RawOptions { k: Some(0), ..Default::default() }), ErrorCode::InvalidRequest);
+        assert_eq!(bad(RawOptions { k: Some(10), candidates: Some(5), ..Default::default() }), ErrorCode::InvalidRequest);
+        assert_eq!(
+            bad(RawOptions { filter: Some(serde_json::json!("nocolon")), ..Default::default() }),
+            ErrorCode::InvalidFilter
+        );
+        let merged = RawOptions { k: Some(3), merchant: Some("a".into()), ..Default::default() }
+            .overridden_by(RawOptions { k: Some(5), ..Default::default() });
+        assert_eq!((merged.k, merged.merchant.as_deref()), (Some(5), Some("a")));
+        let f = RawOptions { filter: Some(serde_json::json!({"all": [["a:b"]]})), ..Default::default() }
+            .resolve(&s)
+            .unwrap();
+        assert_eq!(f.filter.all, vec![vec!["a:b".to_string()]]);
+    }
+
     fn cand(key: Key, product: i64, rank: usize, first: f32, rerank: Option<f32>) -> Candidate {
         Candidate {
             key,
-            product: Arc::new(ProductEntry {
+            product: Arc::new(ProductInfo {
                 id: product,
                 merchant: "m".into(),
                 external_id: format!("p{product}"),
@@ -289,6 +408,7 @@ mod tests {
     #[test]
     fn results_are_grouped_by_product_best_image_first() {
         let outcome = SearchOutcome {
+            model_version: "v".into(),
             candidates: vec![
                 cand(1, 10, 1, 0.9, Some(0.2)),
                 cand(2, 20, 2, 0.8, Some(0.7)),

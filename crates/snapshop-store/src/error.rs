@@ -1,13 +1,19 @@
 //! The store's errors. Domain conflicts are mapped where the query is made; everything else is
 //! a database failure the caller reports as internal.
+//!
+//! One error type for every backend, so the service maps errors to responses without knowing
+//! which backend it talks to. It must never hide a conflict inside [`StoreError::Db`].
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The merchant already has a product with this external id.
     #[error("product `{id}` of merchant `{merchant}` already exists")]
     ProductExists { merchant: String, id: String },
+    /// No such product (or no such merchant).
     #[error("product `{id}` of merchant `{merchant}` not found")]
     ProductNotFound { merchant: String, id: String },
+    /// A compare-and-set write found the product at another version; nothing was changed.
     #[error("product `{id}` of merchant `{merchant}` is at version {actual}, not {expected}")]
     VersionConflict {
         merchant: String,
@@ -15,14 +21,20 @@ pub enum StoreError {
         expected: i64,
         actual: i64,
     },
+    /// [`crate::open`] was given a URL no backend handles.
     #[error("unsupported database URL `{0}` (expected sqlite://PATH)")]
     UnsupportedUrl(String),
+    /// Stored data (or a request about it) that cannot be right, e.g. an undecodable vector
+    /// or an embedding for an image of another product.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// Any other database failure.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// Running the migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// A store result.
 pub type Result<T> = std::result::Result<T, StoreError>;

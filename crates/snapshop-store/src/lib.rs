@@ -123,6 +123,25 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn drop_other_versions(&self, keep: &str) -> Result<u64>;
 }
 
+/// Encodes a vector as the stored BLOB: its values as little-endian `f32`, in order.
+pub fn vector_to_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Decodes a BLOB written by [`vector_to_blob`]; [`StoreError::Corrupt`] unless its length is a
+/// multiple of four.
+pub fn blob_to_vector(b: &[u8]) -> Result<Vec<f32>> {
+    if !b.len().is_multiple_of(4) {
+        return Err(StoreError::Corrupt(format!(
+            "vector blob of {} bytes",
+            b.len()
+        )));
+    }
+    Ok(b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
 /// Opens the store a URL names and runs its migrations: `sqlite://PATH` (created if missing).
 pub async fn open(database_url: &str) -> Result<Arc<dyn CatalogStore>> {
     if let Some(path) = database_url

@@ -1,4 +1,7 @@
 //! The values that cross the store boundary.
+//!
+//! Plain data shared by every backend and the service, so that neither side sees the other's
+//! row types. It must never carry database handles, image bytes or backend-specific details.
 
 /// A product as stored, with its tags (sorted) and images (by id).
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +21,7 @@ pub struct ProductRecord {
     pub images: Vec<ImageRecord>,
 }
 
+/// An image row as stored: one file (by path) of one product.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageRecord {
     pub id: i64,

@@ -1,0 +1,186 @@
+//! The service core: what every request path shares, built once at start-up.
+//!
+//! [`Core`] holds the store, the image files, and the serving pair (model + search view) behind
+//! one atomic pointer, so that a search always uses one model with the view that model made, and a
+//! hot swap replaces both at once. Writes take the shared side of a write gate only around
+//! "commit, then apply to the view"; the exclusive side is taken only for the instant of a model
+//! switch or a view repair, so writes to different products never wait on each other. Nothing
+//! here knows about HTTP.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use snapshop_inference::ImageLimits;
+use snapshop_store::CatalogStore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, RwLock, RwLockReadGuard, Semaphore};
+
+use crate::config::Config;
+use crate::files::ImageFiles;
+use crate::model::{Model, ModelLoader};
+use crate::swap::SwapStatus;
+use crate::view::{Change, SearchView};
+
+/// A model and the view of the catalogue its embeddings make: always used together.
+#[derive(Debug)]
+pub struct Serving {
+    pub model: Arc<Model>,
+    pub view: Arc<SearchView>,
+}
+
+/// See the module documentation.
+pub struct Core {
+    config: Arc<Config>,
+    store: Arc<dyn CatalogStore>,
+    files: ImageFiles,
+    serving: ArcSwap<Serving>,
+    loader: Arc<dyn ModelLoader>,
+    search_permits: Arc<Semaphore>,
+    write_gate: Arc<RwLock<()>>,
+    swap: Mutex<SwapStatus>,
+    /// Wakes the background task (a dirty view to repair, shutdown).
+    wake: Notify,
+    ready: AtomicBool,
+}
+
+/// Shared by every handler.
+pub type AppState = Arc<Core>;
+
+/// Admission was refused: too many searches in flight.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("too many searches in flight; retry later")]
+pub struct Overloaded;
+
+impl Core {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn CatalogStore>,
+        serving: Serving,
+        loader: Arc<dyn ModelLoader>,
+    ) -> Self {
+        Self {
+            files: ImageFiles::new(&config.data_dir),
+            search_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_searches)),
+            config,
+            store,
+            serving: ArcSwap::from_pointee(serving),
+            loader,
+            write_gate: Arc::new(RwLock::new(())),
+            swap: Mutex::new(SwapStatus::Idle),
+            wake: Notify::new(),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &dyn CatalogStore {
+        self.store.as_ref()
+    }
+
+    pub fn files(&self) -> &ImageFiles {
+        &self.files
+    }
+
+    pub fn loader(&self) -> &Arc<dyn ModelLoader> {
+        &self.loader
+    }
+
+    /// The current model and view, as one consistent pair.
+    pub fn serving(&self) -> Arc<Serving> {
+        self.serving.load_full()
+    }
+
+    /// Switches model and view together. Callers hold the exclusive write gate.
+    pub(crate) fn switch(&self, serving: Serving) -> Arc<Serving> {
+        self.serving.swap(Arc::new(serving))
+    }
+
+    pub fn image_limits(&self) -> ImageLimits {
+        let l = &self.config.limits;
+        ImageLimits {
+            max_bytes: l.max_image_bytes,
+            max_pixels: l.max_pixels,
+            max_side: l.max_side,
+        }
+    }
+
+    /// A search slot, or [`Overloaded`] at once when all are taken.
+    pub fn admit_search(&self) -> Result<OwnedSemaphorePermit, Overloaded> {
+        self.search_permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Overloaded)
+    }
+
+    /// The shared side of the write gate: held by a write from before its commit until its
+    /// change is applied to the view.
+    pub async fn write_gate(&self) -> RwLockReadGuard<'_, ()> {
+        self.write_gate.read().await
+    }
+
+    /// The exclusive side: no write commits while it is held.
+    pub(crate) async fn exclusive_gate(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.write_gate.clone().write_owned().await
+    }
+
+    pub fn swap_status(&self) -> SwapStatus {
+        self.swap.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_swap_status(&self, s: SwapStatus) {
+        *self.swap.lock().unwrap_or_else(|e| e.into_inner()) = s;
+    }
+
+    /// Updates the swap status in place (progress counters).
+    pub(crate) fn update_swap_status(&self, f: impl FnOnce(&mut SwapStatus)) {
+        f(&mut self.swap.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub(crate) fn wake_background(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// Applies a committed change to `view`. Never fails the write: if the view cannot take it,
+    /// the view is marked dirty and the background task reconciles it from the store.
+    pub async fn apply(&self, view: &Arc<SearchView>, change: Change) {
+        let v = view.clone();
+        let result = tokio::task::spawn_blocking(move || v.apply(&change)).await;
+        let failed = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("{e}"),
+            Err(e) => format!("apply task failed: {e}"),
+        };
+        tracing::error!(error = %failed, "a committed write could not be applied to the search view; reconciling from the store");
+        metrics::counter!("snapshop_view_apply_failures_total").increment(1);
+        view.mark_dirty();
+        self.wake_background();
+    }
+
+    /// Rebuilds the current view's contents from the store, with writes held at the gate.
+    pub async fn reconcile(&self) -> anyhow::Result<()> {
+        let _gate = self.exclusive_gate().await;
+        let serving = self.serving();
+        let started = Instant::now();
+        let states = self.store.load_states(serving.model.version()).await?;
+        let view = serving.view.clone();
+        let report = tokio::task::spawn_blocking(move || view.reconcile(states)).await??;
+        tracing::info!(?report, elapsed_ms = started.elapsed().as_millis() as u64, "search view reconciled with the store");
+        Ok(())
+    }
+}
