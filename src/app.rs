@@ -191,7 +191,11 @@ pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppS
     }
     let view = crate::swap::build_view(&config, store.as_ref(), &model, true).await?;
     crate::metrics::install();
-    crate::metrics::model_info(model.version(), model.device(), &model.bundle().manifest.backbone);
+    crate::metrics::model_info(
+        model.version(),
+        model.device(),
+        &model.bundle().manifest.backbone,
+    );
     let core = Arc::new(Core::new(config, store, Serving { model, view }, loader));
     crate::metrics::refresh(&core);
     let serving = core.serving();
@@ -228,7 +232,10 @@ pub fn start_background(state: &AppState) -> Background {
             crate::metrics::refresh(&st);
             if st.serving().view.is_dirty() {
                 if let Err(e) = st.reconcile().await {
-                    tracing::error!(error = format!("{e:#}"), "cannot reconcile the search view; retrying later");
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "cannot reconcile the search view; retrying later"
+                    );
                 }
             }
             if sweep_now {

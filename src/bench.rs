@@ -15,8 +15,8 @@ use serde::Serialize;
 use snapshop_index::{Key, ShopIndex};
 
 use crate::config::Config;
-use crate::eval::{ingest_gallery, split_rows};
 use crate::core::AppState;
+use crate::eval::{ingest_gallery, split_rows};
 use crate::search::{self, RawOptions, Timings};
 
 #[derive(Debug, Clone)]

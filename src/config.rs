@@ -335,9 +335,9 @@ impl Config {
 
     /// The store URL in force.
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.data_dir.join("snapshop.db").display())
-        })
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("snapshop.db").display()))
     }
 
     pub fn images_dir(&self) -> PathBuf {
@@ -431,6 +431,15 @@ mod tests {
         let c = Config::load(None, Vec::new(), &Overrides::default()).unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.search.default_candidates, 256);
+    }
+
+    #[test]
+    fn the_example_file_lists_the_defaults() {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/snapshop.example.toml");
+        let c = Config::load(Some(Path::new(file)), Vec::new(), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.queue, snapshop_inference::QueueConfig::default());
+        assert_eq!(c.queue.capacity, 256);
     }
 
     #[test]

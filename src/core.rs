@@ -180,7 +180,11 @@ impl Core {
         let states = self.store.load_states(serving.model.version()).await?;
         let view = serving.view.clone();
         let report = tokio::task::spawn_blocking(move || view.reconcile(states)).await??;
-        tracing::info!(?report, elapsed_ms = started.elapsed().as_millis() as u64, "search view reconciled with the store");
+        tracing::info!(
+            ?report,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "search view reconciled with the store"
+        );
         Ok(())
     }
 }

@@ -134,7 +134,10 @@ mod tests {
         for c in ErrorCode::ALL {
             assert!((400..600).contains(&c.status()), "{c}");
             assert!(!c.description().is_empty());
-            assert!(c.as_str().chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'));
+            assert!(c
+                .as_str()
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch == '_'));
         }
     }
 
@@ -157,6 +160,9 @@ mod tests {
             .iter()
             .map(|c| (c.as_str().to_owned(), c.status()))
             .collect();
-        assert_eq!(rows, table, "docs/api.md's error table disagrees with src/error.rs");
+        assert_eq!(
+            rows, table,
+            "docs/api.md's error table disagrees with src/error.rs"
+        );
     }
 }

@@ -17,9 +17,9 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::ingest::{self, NewProduct};
 use crate::core::AppState;
 use crate::ids::Merchant;
+use crate::ingest::{self, NewProduct};
 use crate::search::{self, Grouping, RawOptions};
 
 /// One row of the CSV manifest (`image,product_id,domain,split,tags`).

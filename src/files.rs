@@ -43,7 +43,9 @@ impl ImageFiles {
                 // Present: refresh it so that the sweep leaves it alone while we commit.
                 return f.set_modified(SystemTime::now());
             }
-            let parent = path.parent().expect("image paths have a parent; this is a bug");
+            let parent = path
+                .parent()
+                .expect("image paths have a parent; this is a bug");
             std::fs::create_dir_all(parent)?;
             let tmp = tempfile::NamedTempFile::new_in(parent)?;
             std::fs::write(tmp.path(), &bytes)?;
@@ -64,7 +66,8 @@ impl ImageFiles {
     pub async fn sweep(&self, store: &dyn CatalogStore, grace: Duration) -> anyhow::Result<usize> {
         let root = self.data_dir.clone();
         let images = root.join("images");
-        let old = tokio::task::spawn_blocking(move || list_old_files(&images, &root, grace)).await??;
+        let old =
+            tokio::task::spawn_blocking(move || list_old_files(&images, &root, grace)).await??;
         let mut deleted = 0;
         for chunk in old.chunks(SWEEP_BATCH) {
             let referenced = store.referenced_paths(chunk).await?;
@@ -77,7 +80,9 @@ impl ImageFiles {
                 match tokio::fs::remove_file(&path).await {
                     Ok(()) => deleted += 1,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot delete an unreferenced image file"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot delete an unreferenced image file")
+                    }
                 }
             }
         }
@@ -132,12 +137,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = ImageFiles::new(dir.path());
         let rel = crate::images::relative_path(&crate::images::sha256_hex(b"x"), "jpeg");
-        files.store(&rel, bytes::Bytes::from_static(b"x")).await.unwrap();
+        files
+            .store(&rel, bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap();
         let path = dir.path().join(&rel);
         let old = SystemTime::now() - Duration::from_secs(3600);
-        std::fs::File::options().write(true).open(&path).unwrap().set_modified(old).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         assert!(is_older_than(&path, Duration::from_secs(60)));
-        files.store(&rel, bytes::Bytes::from_static(b"x")).await.unwrap();
+        files
+            .store(&rel, bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap();
         assert!(!is_older_than(&path, Duration::from_secs(60)), "refreshed");
         assert_eq!(files.read(&rel).await.unwrap(), b"x");
     }

@@ -42,7 +42,8 @@ impl Merchant {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -63,7 +64,9 @@ impl std::fmt::Display for Merchant {
 
 /// Checks a merchant's product id: 1-256 bytes, not blank, no `/`, no control characters.
 pub fn validate_product_id(id: &str) -> Result<(), IdError> {
-    if id.trim().is_empty() || id.len() > MAX_ID_LEN || id.chars().any(|c| c.is_control() || c == '/')
+    if id.trim().is_empty()
+        || id.len() > MAX_ID_LEN
+        || id.chars().any(|c| c.is_control() || c == '/')
     {
         return Err(IdError::ProductId);
     }
@@ -156,7 +159,16 @@ mod tests {
         let c = Cursor(42);
         assert_eq!(Cursor::parse(&c.encode()).unwrap(), c);
         assert!(!c.encode().contains("42"), "opaque");
-        for bad in ["", "42", "!!", &ETag { product_id: 1, version: 2 }.header_value()] {
+        for bad in [
+            "",
+            "42",
+            "!!",
+            &ETag {
+                product_id: 1,
+                version: 2,
+            }
+            .header_value(),
+        ] {
             assert!(Cursor::parse(bad).is_err(), "{bad}");
         }
         let e = ETag {

@@ -94,7 +94,10 @@ fn describe() {
         "snapshop_model_swap_images_total",
         "Images stored when the running (or last) model swap started"
     );
-    describe_counter!("snapshop_model_swaps_total", "Model swaps by result (done, failed)");
+    describe_counter!(
+        "snapshop_model_swaps_total",
+        "Model swaps by result (done, failed)"
+    );
     describe_counter!(
         "snapshop_reembed_failures_total",
         "Images that could not be re-embedded (their file is unreadable)"

@@ -80,7 +80,11 @@ pub fn check_embedding(v: &[f32], dim: usize) -> Result<(), String> {
 
 impl Model {
     /// Wraps a loaded bundle and a backend; starts the backend's queue thread.
-    pub fn new(bundle: Bundle, backend: Box<dyn Backend>, queue: QueueConfig) -> anyhow::Result<Self> {
+    pub fn new(
+        bundle: Bundle,
+        backend: Box<dyn Backend>,
+        queue: QueueConfig,
+    ) -> anyhow::Result<Self> {
         let preprocessor = Arc::new(
             Preprocessor::new(&bundle.manifest)
                 .context("the bundle's preprocessing is not supported")?,
@@ -145,7 +149,11 @@ impl Model {
     }
 
     /// The TagYNet shop embedding of a prepared image with its product's tags, checked.
-    pub async fn embed_shop(&self, tensor: Array3<f32>, tags: &[String]) -> Result<Vec<f32>, ModelError> {
+    pub async fn embed_shop(
+        &self,
+        tensor: Array3<f32>,
+        tags: &[String],
+    ) -> Result<Vec<f32>, ModelError> {
         let (tag_vector, _) = self.bundle.tag_vector(tags);
         let v = self.queue.embed_shop(tensor, tag_vector).await?;
         check_embedding(&v, self.embedding_dim()).map_err(ModelError::BadEmbedding)?;
@@ -183,12 +191,13 @@ impl ModelLoader for OrtLoader {
     fn load(&self, dir: &Path) -> anyhow::Result<Model> {
         let bundle = Bundle::load(dir)
             .with_context(|| format!("cannot load the model bundle {}", dir.display()))?;
-        let backend = OrtBackend::load(&bundle, self.device, self.intra_threads).with_context(|| {
-            format!(
-                "the model bundle {} does not match its graphs or cannot run",
-                dir.display()
-            )
-        })?;
+        let backend =
+            OrtBackend::load(&bundle, self.device, self.intra_threads).with_context(|| {
+                format!(
+                    "the model bundle {} does not match its graphs or cannot run",
+                    dir.display()
+                )
+            })?;
         Model::new(bundle, Box::new(backend), self.queue.clone())
     }
 }
@@ -207,7 +216,9 @@ impl ModelLoader for FakeLoader {
         let seed = bundle
             .model_version()
             .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
         let backend = FakeBackend::new(ModelDims::of(&bundle), seed);
         Model::new(bundle, Box::new(backend), self.queue.clone())
     }
@@ -240,7 +251,10 @@ impl ActiveModel {
     pub fn write(&self, data_dir: &Path) -> std::io::Result<()> {
         let path = Self::path(data_dir);
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(tmp, path)
     }
 }

@@ -143,7 +143,11 @@ pub async fn reembed_stale(
             match r {
                 Ok(e) => batch.push(e),
                 Err(e) => {
-                    tracing::error!(image_id, error = format!("{e:#}"), "cannot re-embed an image; it stays unsearchable for this model");
+                    tracing::error!(
+                        image_id,
+                        error = format!("{e:#}"),
+                        "cannot re-embed an image; it stays unsearchable for this model"
+                    );
                     failed.insert(image_id, format!("{e:#}"));
                 }
             }
@@ -197,7 +201,11 @@ pub async fn build_view(
             .context("cannot build the index")?
         }
     };
-    let view = Arc::new(SearchView::new(&version, model.embedding_dim(), Arc::new(ann)));
+    let view = Arc::new(SearchView::new(
+        &version,
+        model.embedding_dim(),
+        Arc::new(ann),
+    ));
     let v = view.clone();
     let report = tokio::task::spawn_blocking(move || v.reconcile(states)).await??;
     tracing::info!(?report, model_version = %version, elapsed_ms = started.elapsed().as_millis() as u64, "search view ready");
@@ -304,7 +312,11 @@ async fn run_swap(core: &Arc<Core>, model: Arc<Model>, from: String) -> anyhow::
     });
     drop(gate);
     crate::metrics::model_info(&to, model.device(), &model.bundle().manifest.backbone);
-    crate::metrics::forget_model_info(old.model.version(), old.model.device(), &old.model.bundle().manifest.backbone);
+    crate::metrics::forget_model_info(
+        old.model.version(),
+        old.model.device(),
+        &old.model.bundle().manifest.backbone,
+    );
     let active = ActiveModel {
         bundle: model.dir().to_owned(),
         configured: core.config().bundle.clone(),

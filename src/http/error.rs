@@ -99,7 +99,12 @@ impl IntoResponse for ApiError {
                 Some(e) if code == ErrorCode::Internal => {
                     tracing::error!(error = format!("{e:#}"), "internal error")
                 }
-                Some(e) => tracing::warn!(code = code.as_str(), error = format!("{e:#}"), "{}", self.message),
+                Some(e) => tracing::warn!(
+                    code = code.as_str(),
+                    error = format!("{e:#}"),
+                    "{}",
+                    self.message
+                ),
                 None => tracing::warn!(code = code.as_str(), "{}", self.message),
             }
         } else {
@@ -185,7 +190,11 @@ mod tests {
             assert_eq!(s.as_u16(), code.status(), "{code}");
             assert_eq!(body["error"]["code"], code.as_str());
             assert!(body["error"]["message"].is_string());
-            assert_eq!(retry.is_some(), matches!(code.status(), 503 | 429), "{code}");
+            assert_eq!(
+                retry.is_some(),
+                matches!(code.status(), 503 | 429),
+                "{code}"
+            );
         }
     }
 

@@ -58,7 +58,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ProductPath {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let merchant = Merchant::from_request_parts(parts, state).await?;
-        let ApiPath((_, id)) = ApiPath::<(String, String)>::from_request_parts(parts, state).await?;
+        let ApiPath((_, id)) =
+            ApiPath::<(String, String)>::from_request_parts(parts, state).await?;
         Ok(ProductPath { merchant, id })
     }
 }
@@ -113,9 +114,10 @@ impl Upload {
             .iter()
             .find(|(n, _)| !allowed.contains(&n.as_str()))
         {
-            Some((n, _)) => Err(ApiError::new(ErrorCode::InvalidRequest, format!(
-                "unexpected multipart part `{n}`"
-            ))),
+            Some((n, _)) => Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("unexpected multipart part `{n}`"),
+            )),
             None => Ok(()),
         }
     }
@@ -125,7 +127,9 @@ impl Upload {
 /// `invalid_field`.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::new(ErrorCode::InvalidField, format!("part `{what}`: {e}")),
+        serde_json::error::Category::Data => {
+            ApiError::new(ErrorCode::InvalidField, format!("part `{what}`: {e}"))
+        }
         _ => ApiError::new(ErrorCode::MalformedJson, format!("part `{what}`: {e}")),
     })
 }
@@ -157,21 +161,28 @@ where
                 if name == "image" {
                     let bytes = field.bytes().await?;
                     if bytes.is_empty() {
-                        return Err(ApiError::new(ErrorCode::InvalidRequest, "an `image` part is empty"));
+                        return Err(ApiError::new(
+                            ErrorCode::InvalidRequest,
+                            "an `image` part is empty",
+                        ));
                     }
                     upload.images.push(bytes);
                 } else if JSON_PARTS.contains(&name.as_str()) {
                     if upload.json_parts.iter().any(|(n, _)| *n == name) {
-                        return Err(ApiError::new(ErrorCode::InvalidRequest, format!(
-                            "part `{name}` given twice"
-                        )));
+                        return Err(ApiError::new(
+                            ErrorCode::InvalidRequest,
+                            format!("part `{name}` given twice"),
+                        ));
                     }
                     let bytes = field.bytes().await?;
                     upload.json_parts.push((name, bytes));
                 } else {
-                    return Err(ApiError::new(ErrorCode::InvalidRequest, format!(
-                        "unexpected multipart part `{name}` (expected `image` or a JSON part)"
-                    )));
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "unexpected multipart part `{name}` (expected `image` or a JSON part)"
+                        ),
+                    ));
                 }
             }
         } else if mime.starts_with("image/") || mime == "application/octet-stream" {
@@ -183,18 +194,24 @@ where
                 }
             })?;
             if bytes.is_empty() {
-                return Err(ApiError::new(ErrorCode::InvalidRequest, "the request body is empty"));
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "the request body is empty",
+                ));
             }
             upload.images.push(bytes);
         } else {
-            return Err(ApiError::new(ErrorCode::UnsupportedMediaType, format!(
-                "expected multipart/form-data or an image/* body, got `{}`",
-                if content_type.is_empty() {
-                    "no content type"
-                } else {
-                    &content_type
-                }
-            )));
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!(
+                    "expected multipart/form-data or an image/* body, got `{}`",
+                    if content_type.is_empty() {
+                        "no content type"
+                    } else {
+                        &content_type
+                    }
+                ),
+            ));
         }
         Ok(upload)
     }

@@ -88,7 +88,10 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
 }
 
 async fn route_not_found(uri: Uri) -> ApiError {
-    ApiError::new(ErrorCode::RouteNotFound, format!("no route for {}", uri.path()))
+    ApiError::new(
+        ErrorCode::RouteNotFound,
+        format!("no route for {}", uri.path()),
+    )
 }
 
 async fn method_not_allowed() -> ApiError {

@@ -45,7 +45,10 @@ struct Ready {
 
 async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     if !state.is_ready() {
-        return Err(ApiError::new(ErrorCode::NotReady, "the service is not ready"));
+        return Err(ApiError::new(
+            ErrorCode::NotReady,
+            "the service is not ready",
+        ));
     }
     state
         .store()

@@ -116,7 +116,11 @@ fn etag_header(p: &ProductRecord) -> HeaderMap {
 
 fn written(status: StatusCode, i: Ingested) -> impl IntoResponse {
     let headers = etag_header(&i.product);
-    (status, headers, Json(ProductBody::new(i.product, i.unknown_to_model)))
+    (
+        status,
+        headers,
+        Json(ProductBody::new(i.product, i.unknown_to_model)),
+    )
 }
 
 async fn create_product(

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use snapshop_store::{NewImage, NewProduct as NewProductRow, ProductRecord, ProductUpdate, StoreError, Written};
+use snapshop_store::{
+    NewImage, NewProduct as NewProductRow, ProductRecord, ProductUpdate, StoreError, Written,
+};
 
 use crate::core::{Core, Serving};
 use crate::error::{Coded, ErrorCode};
@@ -38,7 +40,9 @@ pub enum IngestError {
         path: String,
         source: std::io::Error,
     },
-    #[error("product `{id}` of merchant `{merchant}` kept changing; gave up after {attempts} attempts")]
+    #[error(
+        "product `{id}` of merchant `{merchant}` kept changing; gave up after {attempts} attempts"
+    )]
     Contended {
         merchant: String,
         id: String,
@@ -193,7 +197,10 @@ async fn embed_new_images(
             embedding,
         })
     });
-    stream::iter(work).buffered(IMAGES_IN_FLIGHT).try_collect().await
+    stream::iter(work)
+        .buffered(IMAGES_IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 /// Re-embeds stored image files with (new) tags. Stored files were accepted once, so the current
@@ -214,7 +221,10 @@ pub async fn reembed_files(
         let embedding = model.embed_shop(prepared.tensor, tags).await?;
         Ok::<_, IngestError>((image_id, embedding))
     });
-    stream::iter(work).buffered(IMAGES_IN_FLIGHT).try_collect().await
+    stream::iter(work)
+        .buffered(IMAGES_IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 pub fn unlimited() -> snapshop_inference::ImageLimits {
@@ -239,7 +249,13 @@ fn same_model(core: &Core, serving: &Serving) -> bool {
 
 async fn backoff(attempt: usize) {
     // Short and jittered: the competing write is usually done within milliseconds.
-    let jitter = (std::process::id() as u64 ^ attempt as u64 * 7919) % 5;
+    let jitter = u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+            % 5,
+    );
     tokio::time::sleep(Duration::from_millis((1 + attempt as u64).min(20) + jitter)).await;
 }
 
@@ -269,7 +285,8 @@ where
         return Ok(None);
     }
     let written = write.await?;
-    core.apply(&serving.view, Change::Upsert(written.state.clone())).await;
+    core.apply(&serving.view, Change::Upsert(written.state.clone()))
+        .await;
     Ok(Some(written))
 }
 
@@ -313,7 +330,9 @@ pub async fn create_product(
             attributes: new.attributes.clone(),
             tags: tags.clone(),
         };
-        let write = core.store().create_product(row, images, serving.model.version());
+        let write = core
+            .store()
+            .create_product(row, images, serving.model.version());
         if let Some(w) = commit(core, &serving, write).await? {
             return Ok(ingested(&serving, w.product));
         }
@@ -391,7 +410,11 @@ pub async fn update_product(
         let retag = tags.as_ref().filter(|t| **t != current.tags);
         let embeddings = match retag {
             Some(tags) => {
-                let files = current.images.iter().map(|i| (i.id, i.path.clone())).collect();
+                let files = current
+                    .images
+                    .iter()
+                    .map(|i| (i.id, i.path.clone()))
+                    .collect();
                 reembed_files(core, &serving.model, tags, files).await?
             }
             None => Vec::new(),
@@ -404,9 +427,13 @@ pub async fn update_product(
             tags: tags.clone(),
             embeddings,
         };
-        let write =
-            core.store()
-                .update_product(merchant.as_str(), id, expect, update, serving.model.version());
+        let write = core.store().update_product(
+            merchant.as_str(),
+            id,
+            expect,
+            update,
+            serving.model.version(),
+        );
         match commit(core, &serving, write).await {
             Ok(Some(w)) => return Ok(ingested(&serving, w.product)),
             Ok(None) => {}
@@ -441,7 +468,10 @@ pub async fn delete_product(
     };
     let _gate = core.write_gate().await;
     let serving = core.serving();
-    let deleted = core.store().delete_product(merchant.as_str(), id, expect).await?;
+    let deleted = core
+        .store()
+        .delete_product(merchant.as_str(), id, expect)
+        .await?;
     core.apply(
         &serving.view,
         Change::Delete {

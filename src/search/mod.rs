@@ -119,9 +119,7 @@ impl RawOptions {
             )));
         }
         if candidates < k {
-            return Err(SearchError::Invalid(
-                "candidates must be at least k".into(),
-            ));
+            return Err(SearchError::Invalid("candidates must be at least k".into()));
         }
         let filter = match self.filter {
             None | Some(serde_json::Value::Null) => Ok(TagFilter::default()),
@@ -372,18 +370,44 @@ mod tests {
         let o = RawOptions::default().resolve(&s).unwrap();
         assert_eq!((o.k, o.candidates, o.rerank), (20, 256, true));
         let bad = |r: RawOptions| r.resolve(&s).unwrap_err().code();
-        assert_eq!(bad(RawOptions { k: Some(0), ..Default::default() }), ErrorCode::InvalidRequest);
-        assert_eq!(bad(RawOptions { k: Some(10), candidates: Some(5), ..Default::default() }), ErrorCode::InvalidRequest);
         assert_eq!(
-            bad(RawOptions { filter: Some(serde_json::json!("nocolon")), ..Default::default() }),
+            bad(RawOptions {
+                k: Some(0),
+                ..Default::default()
+            }),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            bad(RawOptions {
+                k: Some(10),
+                candidates: Some(5),
+                ..Default::default()
+            }),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            bad(RawOptions {
+                filter: Some(serde_json::json!("nocolon")),
+                ..Default::default()
+            }),
             ErrorCode::InvalidFilter
         );
-        let merged = RawOptions { k: Some(3), merchant: Some("a".into()), ..Default::default() }
-            .overridden_by(RawOptions { k: Some(5), ..Default::default() });
+        let merged = RawOptions {
+            k: Some(3),
+            merchant: Some("a".into()),
+            ..Default::default()
+        }
+        .overridden_by(RawOptions {
+            k: Some(5),
+            ..Default::default()
+        });
         assert_eq!((merged.k, merged.merchant.as_deref()), (Some(5), Some("a")));
-        let f = RawOptions { filter: Some(serde_json::json!({"all": [["a:b"]]})), ..Default::default() }
-            .resolve(&s)
-            .unwrap();
+        let f = RawOptions {
+            filter: Some(serde_json::json!({"all": [["a:b"]]})),
+            ..Default::default()
+        }
+        .resolve(&s)
+        .unwrap();
         assert_eq!(f.filter.all, vec![vec!["a:b".to_string()]]);
     }
 

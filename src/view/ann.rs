@@ -141,8 +141,11 @@ impl AnnIndex for HnswAnn {
         n: usize,
         filter: Option<AnnFilter<'_>>,
     ) -> Result<Vec<Hit>, IndexError> {
-        self.index
-            .search_in(query, n, filter.map(|f| f.keys as &dyn snapshop_index::KeySet))
+        self.index.search_in(
+            query,
+            n,
+            filter.map(|f| f.keys as &dyn snapshop_index::KeySet),
+        )
     }
     fn search_exact(
         &self,
@@ -150,8 +153,11 @@ impl AnnIndex for HnswAnn {
         n: usize,
         filter: Option<AnnFilter<'_>>,
     ) -> Result<Vec<Hit>, IndexError> {
-        self.index
-            .search_exact_in(query, n, filter.map(|f| f.keys as &dyn snapshop_index::KeySet))
+        self.index.search_exact_in(
+            query,
+            n,
+            filter.map(|f| f.keys as &dyn snapshop_index::KeySet),
+        )
     }
     fn vectors(&self, keys: &[Key]) -> Vec<Option<Vec<f32>>> {
         self.index.vectors(keys)

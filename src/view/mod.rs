@@ -111,7 +111,10 @@ impl Postings {
             self.keys.insert(e.key as Key, (s.product_id, e.image_id));
         }
         for t in &s.tags {
-            self.by_tag.entry(t.clone()).or_default().extend(keys.iter().copied());
+            self.by_tag
+                .entry(t.clone())
+                .or_default()
+                .extend(keys.iter().copied());
         }
         self.by_merchant
             .entry(s.merchant.clone())
@@ -230,7 +233,9 @@ impl SearchView {
                 {
                     let p = self.read();
                     if p.deleted.contains(&s.product_id)
-                        || p.products.get(&s.product_id).is_some_and(|o| o.version >= s.version)
+                        || p.products
+                            .get(&s.product_id)
+                            .is_some_and(|o| o.version >= s.version)
                     {
                         return Ok(());
                     }
@@ -463,13 +468,29 @@ mod tests {
         assert_eq!(v.allowed(&f, Some("a")), Some(set(&[100, 101])));
         let f = TagFilter::parse("category:dress,color:red|color:blue").unwrap();
         assert_eq!(v.allowed(&f, None), Some(set(&[100, 101, 200])));
-        assert_eq!(v.allowed(&TagFilter::default(), Some("b")), Some(set(&[300])));
-        assert_eq!(v.allowed(&TagFilter::default(), Some("zzz")), Some(set(&[])));
-        assert_eq!(v.allowed(&TagFilter::parse("x:y").unwrap(), None), Some(set(&[])));
+        assert_eq!(
+            v.allowed(&TagFilter::default(), Some("b")),
+            Some(set(&[300]))
+        );
+        assert_eq!(
+            v.allowed(&TagFilter::default(), Some("zzz")),
+            Some(set(&[]))
+        );
+        assert_eq!(
+            v.allowed(&TagFilter::parse("x:y").unwrap(), None),
+            Some(set(&[]))
+        );
         let (p, image) = v.lookup(101).unwrap();
         assert_eq!((p.id, image), (1, 1010));
         assert_eq!(v.product_count(), 3);
-        let hits = v.search(&unit(0, 8), 2, &TagFilter::parse("color:red").unwrap(), None).unwrap();
+        let hits = v
+            .search(
+                &unit(0, 8),
+                2,
+                &TagFilter::parse("color:red").unwrap(),
+                None,
+            )
+            .unwrap();
         assert!(hits.iter().all(|h| [100, 101, 300].contains(&h.key)));
     }
 
@@ -488,7 +509,10 @@ mod tests {
         assert_eq!(v.ann().keys(), vec![3, 4]);
         let green = TagFilter::parse("color:green").unwrap();
         assert_eq!(v.allowed(&green, None), Some(set(&[3, 4])));
-        assert_eq!(v.allowed(&TagFilter::parse("color:blue").unwrap(), None), Some(set(&[])));
+        assert_eq!(
+            v.allowed(&TagFilter::parse("color:blue").unwrap(), None),
+            Some(set(&[]))
+        );
         // A delete wins over any later-arriving older state.
         v.apply(&Change::Delete { product_id: 1 }).unwrap();
         v.apply(&Change::Upsert(s3)).unwrap();

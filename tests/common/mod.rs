@@ -48,7 +48,7 @@ pub fn test_config(data_dir: &Path) -> Config {
         intra_threads: 1,
         ..Config::default()
     };
-    c.index.maintain_interval_secs = 3600;
+    c.maintenance.interval_secs = 3600;
     c
 }
 
