@@ -32,6 +32,37 @@ ROOT = HERE.parent
 SUBSET_KS = (1, 5, 10, 20)
 DEFAULT_DATA = ROOT / "data/street2shop/manifest.csv"
 DEFAULT_BUNDLE = HERE / "default"
+PATH_KEYS = ("data", "out", "cache_dir")  # TrainConfig fields that hold paths
+
+
+def repo_relative(path: str | Path, root: Path | None = None) -> str:
+    """A path as the manifest and the docs record it: relative to the repository root (`/`
+    separated) when it lies inside the repository, so that no training machine's directory
+    layout leaks into a bundle; a path outside the repository is kept as given."""
+    p, root = Path(path), ROOT if root is None else root
+    try:
+        return (p if p.is_absolute() else Path.cwd() / p).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def relative_config(config: dict, root: Path | None = None) -> dict:
+    """The training config with its path fields made repository-relative."""
+    return {k: repo_relative(v, root) if k in PATH_KEYS and isinstance(v, str) else v for k, v in config.items()}
+
+
+def relative_command(argv: list[str], root: Path | None = None) -> str:
+    """The training command as recorded: `scripts/train.sh` (run from the repository root) with
+    the path options made repository-relative."""
+    out, path_opts = [], ("--data", "--bundle", "--run", "--docs", "--fixture")
+    for i, a in enumerate(argv):
+        opt, eq, val = a.partition("=")
+        if eq and opt in path_opts:
+            a = f"{opt}={repo_relative(val, root)}"
+        elif i > 0 and argv[i - 1] in path_opts:
+            a = repo_relative(a, root)
+        out.append(a)
+    return " ".join(["scripts/train.sh"] + [shlex.quote(a) for a in out])
 
 
 def ensure_dataset(data: Path, seed: int, scale: float) -> Path:
@@ -117,7 +148,7 @@ def main(argv=None) -> int:
     args.docs = args.docs or str(ROOT / "docs" if is_default else run / "docs")
     args.fixture = args.fixture or str(ROOT / "tests/fixtures/subset" if is_default else run / "subset")
     setup_logging(run)
-    command = " ".join(["scripts/train.sh"] + [shlex.quote(a) for a in (argv or sys.argv[1:])])
+    command = relative_command(list(argv or sys.argv[1:]))
     try:
         data = ensure_dataset(Path(args.data), args.seed, args.scale)
         cfg = TrainConfig(data=str(data), out=str(run), seed=args.seed, cache_dir=str(HERE / ".cache"))
@@ -136,11 +167,11 @@ def main(argv=None) -> int:
             "ks": list(KS),
         }
         training = {
-            "data": {"source": str(data), "stats": summary["dataset"]["stats"]},
+            "data": {"source": repo_relative(data), "stats": summary["dataset"]["stats"]},
             "command": command,
             "machine": summary["machine"],
             "stage_timings_s": summary["timings"],
-            "config": summary["train_config"],
+            "config": relative_config(summary["train_config"]),
         }
         bundle = Path(args.bundle)
         manifest = export_bundle(model, vocab, bundle, evaluation, training, street, shop, summary["shipped_chain"])

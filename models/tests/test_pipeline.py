@@ -7,7 +7,9 @@ from snapshop_ml import pipeline
 from snapshop_ml.data import synth
 
 
-def test_pipeline_end_to_end_on_tiny_data(tmp_path):
+def test_pipeline_end_to_end_on_tiny_data(tmp_path, monkeypatch):
+    # Pretend tmp_path is the repository root: the manifest must then record repository-relative paths.
+    monkeypatch.setattr(pipeline, "ROOT", tmp_path)
     data = tmp_path / "street2shop"
     synth.generate(data, seed=3, scale=0.01, quiet=True)
     data = data / "manifest.csv"
@@ -20,6 +22,12 @@ def test_pipeline_end_to_end_on_tiny_data(tmp_path):
     assert {"pretrained", "ynet", "tagynet", "ctxynet"} <= set(rows)
     assert set(rows["ctxynet"]["test"]) == {"1", "5", "10", "20", "50", "100"}
     assert manifest["training"]["wall_time_s"] > 0
+    assert manifest["training"]["data"]["source"] == "street2shop/manifest.csv"
+    assert manifest["training"]["config"]["data"] == "street2shop/manifest.csv"
+    assert manifest["training"]["config"]["out"] == "run"
+    assert manifest["training"]["command"] == ("scripts/train.sh --data street2shop/manifest.csv --bundle bundle"
+                                               " --run run --steps 1 1 1")
+    assert str(tmp_path) not in json.dumps(manifest)
     # A non-default bundle keeps its report and parity subset in the run directory.
     assert (tmp_path / "run" / "docs" / "results.md").is_file()
     expected = json.loads((tmp_path / "run" / "subset" / "expected.json").read_text())
@@ -40,3 +48,20 @@ def test_pipeline_reports_bad_input_in_one_line(tmp_path, capsys):
                         "--run", str(tmp_path / "run")])
     assert rc == 2
     assert "dataset not found" in capsys.readouterr().err
+
+
+def test_paths_are_recorded_relative_to_the_repository(tmp_path, monkeypatch):
+    root = pipeline.ROOT
+    assert pipeline.repo_relative(root / "data/street2shop/manifest.csv") == "data/street2shop/manifest.csv"
+    assert pipeline.repo_relative(root / "models" / ".." / "models/.cache") == "models/.cache"
+    monkeypatch.chdir(root / "models")
+    assert pipeline.repo_relative("runs/default") == "models/runs/default"  # relative to the cwd
+    assert pipeline.repo_relative("../data/x.csv") == "data/x.csv"
+    outside = tmp_path / "elsewhere/manifest.csv"
+    assert pipeline.repo_relative(outside) == str(outside)  # outside the repository: kept as given
+    cfg = {"data": str(root / "data/street2shop/manifest.csv"), "out": str(root / "models/runs/default"),
+           "cache_dir": str(root / "models/.cache"), "seed": 0, "device": "auto"}
+    assert pipeline.relative_command(["--data", str(root / "data/x.csv"), f"--run={root}/models/runs/r"]) == \
+        "scripts/train.sh --data data/x.csv --run=models/runs/r"
+    assert pipeline.relative_config(cfg) == {"data": "data/street2shop/manifest.csv", "out": "models/runs/default",
+                                             "cache_dir": "models/.cache", "seed": 0, "device": "auto"}
