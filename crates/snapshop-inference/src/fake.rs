@@ -82,7 +82,11 @@ impl FakeBackend {
         let l = self.dims.locations.max(1);
         // A square-ish grid of `l` cells (the bundle's grid is square).
         let side = (l as f64).sqrt().round().max(1.0) as usize;
-        let (gh, gw) = if side * side == l { (side, side) } else { (l, 1) };
+        let (gh, gw) = if side * side == l {
+            (side, side)
+        } else {
+            (l, 1)
+        };
         let c = self.dims.embedding_dim.max(1);
         let mut out = Array2::<f32>::zeros((l, c));
         for cell in 0..l {
@@ -222,7 +226,10 @@ mod tests {
         let norm: f32 = a.row(0).iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5);
         let cos: f32 = a.row(0).dot(&u.row(0));
-        assert!(cos > 0.999, "untagged shop and user embeddings agree: {cos}");
+        assert!(
+            cos > 0.999,
+            "untagged shop and user embeddings agree: {cos}"
+        );
         let other = f.embed_shop(image(2).view(), tags.view()).unwrap();
         assert!(a.row(0).dot(&other.row(0)) < cos);
         // Tags move the shop embedding a little.
