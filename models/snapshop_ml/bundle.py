@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .export import FORMAT_VERSION, OnnxBundle, session, sha256
-from .preprocess import RESIZE_METHOD, ImageLoadError
+from .preprocess import RESIZE_METHOD, ImageLoadError, jpeg_draft_of
 
 REQUIRED = ("format_version", "model_version", "input", "preprocess", "embedding_dim", "grid", "locations", "tags",
             "graphs", "files")
@@ -46,6 +46,10 @@ def read_manifest(bundle: Path) -> dict:
         raise BundleError(f"{path}: format_version {manifest['format_version']} (this pipeline reads {FORMAT_VERSION})")
     if manifest["preprocess"].get("resize", {}).get("method") != RESIZE_METHOD:
         raise BundleError(f"{path}: unknown resize method {manifest['preprocess'].get('resize')}")
+    try:
+        jpeg_draft_of(manifest)
+    except ValueError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
     if manifest["locations"] != manifest["grid"]["h"] * manifest["grid"]["w"]:
         raise BundleError(f"{path}: locations {manifest['locations']} != grid h*w")
     if manifest["tags"]["count"] != len(manifest["tags"]["vocabulary"]):
@@ -93,7 +97,7 @@ def main(argv=None) -> int:
             return 0
         manifest = verify(args.bundle)
         vocab = manifest["tags"]["vocabulary"]
-        onnx = OnnxBundle(args.bundle, vocab, manifest["input"]["height"])
+        onnx = OnnxBundle(args.bundle, vocab, manifest["input"]["height"], jpeg_draft_of(manifest))
         if args.tags is None:
             _, emb = onnx.embed_user(args.image)
         else:

@@ -36,6 +36,7 @@ from .evaluate import RERANK_CANDIDATES, EvalSet, p_at_k, pretrained_embeddings
 from .export import OnnxBundle
 from .features import stem_cache
 from .network import FROZEN_STEM_BLOCKS, pretrained_mobilenet_v2
+from .preprocess import jpeg_draft_of
 from .train import machine_description
 
 log = logging.getLogger("snapshop_ml.evaluate_real")
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
             if split == "test":
                 test_keys[name] = keys
         log.info("%s: %s", name, json.dumps(rows[name]))
-    onnx = OnnxBundle(bundle, vocab, size)
+    onnx = OnnxBundle(bundle, vocab, size, jpeg_draft_of(manifest))
     real, scores = evaluate_bundle_on(onnx, sets)
     rows.update(real["rows"])
     if "test" in scores:

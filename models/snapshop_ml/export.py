@@ -187,12 +187,13 @@ def sha256(path: Path) -> str:
 class OnnxBundle:
     """The exported graphs run through onnxruntime with the contract's preprocessing."""
 
-    def __init__(self, bundle: Path, vocab: list[str], input_size: int):
+    def __init__(self, bundle: Path, vocab: list[str], input_size: int, jpeg_draft: bool = False):
         self.shop = session(bundle / "shop.onnx")
         self.user = session(bundle / "user.onnx")
         self.ctx = session(bundle / "ctx.onnx")
         self.vocab = {t: i for i, t in enumerate(vocab)}
         self.size = input_size
+        self.jpeg_draft = jpeg_draft  # manifest preprocess.jpeg_draft
 
     def tags(self, tags) -> np.ndarray:
         v = np.zeros((1, len(self.vocab)), np.float32)
@@ -202,11 +203,11 @@ class OnnxBundle:
         return v
 
     def embed_shop(self, path, tags) -> np.ndarray:
-        x = preprocess_file(path, self.size)[None]
+        x = preprocess_file(path, self.size, self.jpeg_draft)[None]
         return self.shop.run(None, {"image": x, "tags": self.tags(tags)})[0][0]
 
     def embed_user(self, path) -> tuple[np.ndarray, np.ndarray]:
-        f, e = self.user.run(None, {"image": preprocess_file(path, self.size)[None]})
+        f, e = self.user.run(None, {"image": preprocess_file(path, self.size, self.jpeg_draft)[None]})
         return f[0], e[0]
 
     def rerank(self, features: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -229,7 +230,7 @@ def write_golden(onnx: OnnxBundle, street: list[Path], shop: list[tuple[Path, tu
     rng = np.random.default_rng(7)
 
     def describe(name: str, domain: str, tags=None):
-        x = preprocess_file(gdir / name, onnx.size)
+        x = preprocess_file(gdir / name, onnx.size, onnx.jpeg_draft)
         picks = [(int(rng.integers(3)), int(rng.integers(onnx.size)), int(rng.integers(onnx.size))) for _ in range(16)]
         e = {"file": name, "domain": domain, "preprocessed_sum": float(x.astype(np.float64).sum()),
              "preprocessed_sample": [[c, y, xx, float(x[c, y, xx])] for c, y, xx in picks]}

@@ -9,21 +9,47 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 RESIZE_METHOD = "pillow_bilinear"
+# EXIF orientations that swap width and height (the transposing ones: 5, 6, 7, 8).
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 class ImageLoadError(ValueError):
     """An image file is missing or cannot be decoded."""
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file, apply its EXIF orientation, convert to 8-bit RGB."""
+def draft_jpeg(img: Image.Image, size: tuple[int, int]) -> None:
+    """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale, no smaller than `size` (BUNDLE.md 1b).
+
+    `size` is the (width, height) the upright image will be resized to. `Image.draft` acts on the
+    stored pixels, before the EXIF orientation is applied, so for an orientation that swaps the
+    axes (5-8) it is asked for (height, width). Pillow then picks the largest s in {8, 4, 2, 1}
+    with s <= min(stored_w // req_w, stored_h // req_h) and decodes ceil(w / s) x ceil(h / s)
+    pixels with libjpeg's DCT scaling (nothing else changes: same IDCT and upsampling settings).
+    A no-op for other formats, and for a JPEG already loaded.
+    """
+    if img.format != "JPEG":
+        return
+    w, h = size
+    if img.getexif().get(ExifTags.Base.Orientation, 1) in TRANSPOSING_ORIENTATIONS:
+        w, h = h, w
+    img.draft("RGB", (w, h))
+
+
+def load_rgb(path: str | Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an image file, apply its EXIF orientation, convert to 8-bit RGB.
+
+    With `draft_size` (manifest `preprocess.jpeg_draft`), a JPEG is decoded at the smallest DCT
+    scale that still gives at least that many upright pixels (`draft_jpeg`).
+    """
     try:
         with Image.open(path) as img:
+            if draft_size is not None:
+                draft_jpeg(img, draft_size)
             img = ImageOps.exif_transpose(img)
             return img.convert("RGB")
     except FileNotFoundError as exc:
@@ -44,17 +70,30 @@ def to_tensor(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
 
 
-def preprocess_file(path: str | Path, size: int) -> np.ndarray:
-    """The whole contract: file -> float32 [3, size, size]."""
-    return to_tensor(resize(load_rgb(path), size))
+def preprocess_file(path: str | Path, size: int, jpeg_draft: bool = False) -> np.ndarray:
+    """The whole contract: file -> float32 [3, size, size] (`jpeg_draft`: manifest
+    `preprocess.jpeg_draft`)."""
+    return to_tensor(resize(load_rgb(path, (size, size) if jpeg_draft else None), size))
 
 
-def manifest_section(size: int) -> dict:
-    """The `preprocess` section of the bundle manifest."""
-    return {
+def jpeg_draft_of(manifest: dict) -> bool:
+    """The manifest's `preprocess.jpeg_draft` (absent: false, every bundle made before it)."""
+    value = manifest.get("preprocess", {}).get("jpeg_draft", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"preprocess.jpeg_draft must be true or false, found {value!r}")
+    return value
+
+
+def manifest_section(size: int, jpeg_draft: bool = False) -> dict:
+    """The `preprocess` section of the bundle manifest (`jpeg_draft` written only when true, so
+    a bundle without it reads exactly as before)."""
+    section = {
         "exif_transpose": True,
         "resize": {"method": RESIZE_METHOD, "width": size, "height": size, "keep_aspect": False},
         "scale": 1.0 / 255.0,
         "mean": list(MEAN),
         "std": list(STD),
     }
+    if jpeg_draft:
+        section["jpeg_draft"] = True
+    return section

@@ -3,6 +3,10 @@
 //! `fast_image_resize` figure (same filter, 16-bit coefficients, not bit-exact) is the speed
 //! reference.
 //!
+//! The `draft` group is the 12 MP decode + resize to the shipped bundle's 192 × 192, with and
+//! without `preprocess.jpeg_draft` (DCT-scaled decode, BUNDLE.md step 1b), on the committed
+//! phone-style fixture (`tests/fixtures/draft/phone_12mp.jpg`) and on the generated image.
+//!
 //! `cargo bench -p snapshop-inference --bench preprocess`
 
 use std::hint::black_box;
@@ -16,13 +20,21 @@ use snapshop_inference::{Manifest, Preprocessor};
 
 const SIDE: usize = 224;
 
+/// The shipped bundle's input size.
+const SHIPPED_SIDE: usize = 192;
+
 fn manifest() -> Manifest {
+    manifest_for(SIDE, false)
+}
+
+fn manifest_for(side: usize, jpeg_draft: bool) -> Manifest {
     let json = serde_json::json!({
         "format_version": 1, "model_version": "bench", "backbone": "none",
-        "input": {"height": SIDE, "width": SIDE, "channels": 3, "layout": "NCHW", "color": "RGB"},
+        "input": {"height": side, "width": side, "channels": 3, "layout": "NCHW", "color": "RGB"},
         "preprocess": {"exif_transpose": true,
-            "resize": {"method": "pillow_bilinear", "width": SIDE, "height": SIDE, "keep_aspect": false},
-            "scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+            "resize": {"method": "pillow_bilinear", "width": side, "height": side, "keep_aspect": false},
+            "scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+            "jpeg_draft": jpeg_draft},
         "embedding_dim": 4, "grid": {"h": 1, "w": 1}, "locations": 1,
         "tags": {"count": 0, "vocabulary": []},
         "graphs": {}, "metric": "cosine", "rerank": {"candidates": 1}, "files": {}
@@ -88,6 +100,31 @@ fn bench(c: &mut Criterion) {
     g.bench_function("prepare_total", |b| {
         b.iter(|| pre.prepare(black_box(&bytes), &limits).unwrap())
     });
+    g.finish();
+
+    // Decode + resize (+ normalise: `prepare`) to 192 x 192, full-size decode vs DCT-scaled.
+    let phone = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/draft/phone_12mp.jpg"),
+    )
+    .expect("tests/fixtures/draft/phone_12mp.jpg");
+    let mut g = c.benchmark_group("draft_12mp_to_192");
+    g.sample_size(20);
+    for (name, file) in [("phone_fixture", &phone), ("generated", &bytes)] {
+        for draft in [false, true] {
+            let pre = Preprocessor::new(&manifest_for(SHIPPED_SIDE, draft)).expect("preprocessor");
+            let label = if draft { "draft" } else { "full" };
+            g.bench_function(format!("{name}_decode_resize_{label}"), |b| {
+                b.iter(|| {
+                    let d = pre.decode(black_box(file), &limits).unwrap();
+                    pre.resize(&d.image).unwrap()
+                })
+            });
+            g.bench_function(format!("{name}_prepare_{label}"), |b| {
+                b.iter(|| pre.prepare(black_box(file), &limits).unwrap())
+            });
+        }
+    }
     g.finish();
 }
 

@@ -88,6 +88,12 @@ pub struct PreprocessSpec {
     pub mean: Vec<f64>,
     /// Per-channel standard deviation divided by after subtracting the mean (R, G, B).
     pub std: Vec<f64>,
+    /// Whether a JPEG is decoded at a reduced DCT scale first (1/2, 1/4 or 1/8, the one Pillow's
+    /// `Image.draft("RGB", size)` picks for the resize target, asked in the stored orientation),
+    /// then resized as usual (BUNDLE.md step 1b). Absent: `false`, a full-size decode, as every
+    /// bundle made before the field existed.
+    #[serde(default)]
+    pub jpeg_draft: bool,
 }
 
 /// `manifest.preprocess.resize`.
@@ -644,6 +650,21 @@ pub(crate) mod tests {
         assert_eq!(b.grid(), (2, 3));
         assert_eq!(b.input_size(), (8, 6));
         assert_eq!(b.vocabulary().len(), 3);
+    }
+
+    #[test]
+    fn jpeg_draft_is_optional_and_typed() {
+        let b = parse(sample_manifest_json()).unwrap();
+        assert!(
+            !b.manifest.preprocess.jpeg_draft,
+            "absent means a full-size decode"
+        );
+        let mut v = sample_manifest_json();
+        v["preprocess"]["jpeg_draft"] = true.into();
+        assert!(parse(v).unwrap().manifest.preprocess.jpeg_draft);
+        let mut v = sample_manifest_json();
+        v["preprocess"]["jpeg_draft"] = "yes".into();
+        assert!(serde_json::from_value::<Manifest>(v).is_err());
     }
 
     #[test]

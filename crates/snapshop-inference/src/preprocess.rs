@@ -76,8 +76,12 @@ pub enum PreprocessError {
 /// A decoded, upright, 8-bit RGB image (steps 1-2 of the contract).
 #[derive(Debug)]
 pub struct DecodedImage {
-    /// The pixels, EXIF orientation applied.
+    /// The pixels, EXIF orientation applied; smaller than `source_size` when a JPEG was decoded
+    /// at a DCT scale (`preprocess.jpeg_draft`).
     pub image: RgbImage,
+    /// `(width, height)` of the upright image the file holds (EXIF orientation applied), before
+    /// any DCT scaling.
+    pub source_size: (u32, u32),
     /// `"jpeg"`, `"png"` or `"webp"`.
     pub format: &'static str,
 }
@@ -100,6 +104,8 @@ pub struct PreparedImage {
 pub struct Preprocessor {
     width: u32,
     height: u32,
+    /// `preprocess.jpeg_draft`: decode JPEGs at Pillow's `draft()` DCT scale for `W × H`.
+    jpeg_draft: bool,
     /// `lut[c][v]` = `(v / (1/scale) - mean[c]) / std[c]`: 768 values replace per-pixel arithmetic
     /// and make the result independent of evaluation order.
     lut: Box<[[f32; 256]; 3]>,
@@ -143,12 +149,33 @@ impl Preprocessor {
                 *out = (v as f32 / divisor - mean) / std;
             }
         }
-        Ok(Preprocessor { width, height, lut })
+        Ok(Preprocessor {
+            width,
+            height,
+            jpeg_draft: p.jpeg_draft,
+            lut,
+        })
     }
 
     /// `(width, height)` of the tensor images.
     pub fn output_size(&self) -> (u32, u32) {
         (self.width, self.height)
+    }
+
+    /// Whether JPEGs are decoded at a DCT scale (`preprocess.jpeg_draft`).
+    pub fn jpeg_draft(&self) -> bool {
+        self.jpeg_draft
+    }
+
+    /// Steps 1-2 as this bundle prescribes them: [`decode_with`], with the draft size when the
+    /// manifest sets `preprocess.jpeg_draft`.
+    pub fn decode(
+        &self,
+        bytes: &[u8],
+        limits: &ImageLimits,
+    ) -> Result<DecodedImage, PreprocessError> {
+        let draft = self.jpeg_draft.then_some((self.width, self.height));
+        decode_with(bytes, limits, draft)
     }
 
     /// Decodes, resizes and normalises one uploaded file.
@@ -157,8 +184,8 @@ impl Preprocessor {
         bytes: &[u8],
         limits: &ImageLimits,
     ) -> Result<PreparedImage, PreprocessError> {
-        let decoded = decode(bytes, limits)?;
-        let (width, height) = decoded.image.dimensions();
+        let decoded = self.decode(bytes, limits)?;
+        let (width, height) = decoded.source_size;
         let resized = self.resize(&decoded.image)?;
         Ok(PreparedImage {
             tensor: self.to_tensor(&resized),
@@ -211,9 +238,24 @@ impl Preprocessor {
     }
 }
 
-/// Steps 1-2: decodes a JPEG, PNG or WebP file into upright 8-bit RGB, refusing files over the
-/// limits before their pixels are decoded.
+/// Steps 1-2: decodes a JPEG, PNG or WebP file into upright 8-bit RGB at its full size,
+/// refusing files over the limits before their pixels are decoded (a bundle without
+/// `preprocess.jpeg_draft`).
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, PreprocessError> {
+    decode_with(bytes, limits, None)
+}
+
+/// Steps 1-2 with `draft`: the upright `(width, height)` the image is about to be resized to,
+/// when the bundle sets `preprocess.jpeg_draft` (BUNDLE.md step 1b). A JPEG is then decoded
+/// with libjpeg's DCT scaling at the scale Pillow's `Image.draft("RGB", size)` picks
+/// ([`crate::jpeg::draft_scale`]), where `size` is `draft` in the stored orientation (swapped
+/// when the EXIF orientation transposes the image), as `models/snapshop_ml/preprocess.py`
+/// asks for it. PNG and WebP are unaffected. The limits are checked against the full size.
+pub fn decode_with(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    draft: Option<(u32, u32)>,
+) -> Result<DecodedImage, PreprocessError> {
     if bytes.len() > limits.max_bytes {
         return Err(PreprocessError::TooLarge {
             bytes: bytes.len(),
@@ -270,29 +312,62 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, Prepro
         tracing::debug!(error = %e, "ignoring unreadable EXIF orientation");
         image::metadata::Orientation::NoTransforms
     });
+    use image::metadata::Orientation;
+    let transposed = matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    );
+    let source_size = if transposed {
+        (height, width)
+    } else {
+        (width, height)
+    };
     let mut image = match format {
         // Pillow's decoder, for Pillow's pixels (see jpeg.rs).
-        "jpeg" => match crate::jpeg::decode_rgb(bytes, width, height) {
-            Ok(rgb) => DynamicImage::ImageRgb8(
-                RgbImage::from_raw(width, height, rgb)
-                    .expect("decode_rgb returns width*height*3 bytes; this is a bug"),
-            ),
-            // libjpeg does not convert CMYK/YCCK to RGB; `image` does (rare in uploads).
-            Err(crate::jpeg::JpegError::ColorSpace) => {
-                DynamicImage::from_decoder(decoder).map_err(image_error)?
+        "jpeg" => {
+            // Pillow's draft works on the stored pixels: the request is in stored orientation.
+            let scale = draft.map_or(1, |(w, h)| {
+                let stored = if transposed { (h, w) } else { (w, h) };
+                crate::jpeg::draft_scale(width, height, stored)
+            });
+            let jpeg_error = |e| match e {
+                crate::jpeg::JpegError::Corrupt(m) => PreprocessError::Undecodable(m),
+                crate::jpeg::JpegError::ColorSpace => {
+                    PreprocessError::Undecodable("unsupported JPEG colour space".into())
+                }
+                crate::jpeg::JpegError::Dimensions => {
+                    PreprocessError::Undecodable("JPEG frame size disagrees with its header".into())
+                }
+            };
+            match crate::jpeg::decode_rgb(bytes, width, height, scale) {
+                Ok(d) => DynamicImage::ImageRgb8(
+                    RgbImage::from_raw(d.width, d.height, d.pixels)
+                        .expect("decode_rgb returns width*height*3 bytes; this is a bug"),
+                ),
+                // libjpeg does not convert CMYK/YCCK to RGB: it gives the raw samples, and
+                // Pillow's conversion is applied here (bit-exact; `image`'s own CMYK decode,
+                // used before, was off by up to 4 levels).
+                Err(crate::jpeg::JpegError::ColorSpace) => {
+                    let d = crate::jpeg::decode_cmyk(bytes, width, height, scale)
+                        .map_err(jpeg_error)?;
+                    let rgb = crate::jpeg::cmyk_to_rgb_like_pillow(&d.pixels);
+                    DynamicImage::ImageRgb8(
+                        RgbImage::from_raw(d.width, d.height, rgb)
+                            .expect("decode_cmyk returns width*height*4 bytes; this is a bug"),
+                    )
+                }
+                Err(e) => return Err(jpeg_error(e)),
             }
-            Err(crate::jpeg::JpegError::Corrupt(m)) => return Err(PreprocessError::Undecodable(m)),
-            Err(crate::jpeg::JpegError::Dimensions) => {
-                return Err(PreprocessError::Undecodable(
-                    "JPEG frame size disagrees with its header".into(),
-                ))
-            }
-        },
+        }
         _ => DynamicImage::from_decoder(decoder).map_err(image_error)?,
     };
     image.apply_orientation(orientation);
     Ok(DecodedImage {
         image: to_rgb8_like_pillow(image),
+        source_size,
         format,
     })
 }
@@ -321,8 +396,14 @@ fn to_rgb8_like_pillow(image: DynamicImage) -> RgbImage {
     match image {
         DynamicImage::ImageRgb8(img) => img,
         DynamicImage::ImageRgba8(img) => {
-            let s = img.as_raw();
-            from_fn(&|i| [s[4 * i], s[4 * i + 1], s[4 * i + 2]], n)
+            // In place (a large PNG with alpha is the common case): no second w*h*3 buffer.
+            let mut s = img.into_raw();
+            for i in 0..n {
+                s.copy_within(4 * i..4 * i + 3, 3 * i);
+            }
+            s.truncate(3 * n);
+            s.shrink_to_fit();
+            RgbImage::from_raw(w, h, s).expect("w*h*3 bytes; this is a bug")
         }
         DynamicImage::ImageLuma8(img) => {
             let s = img.as_raw();
