@@ -187,7 +187,11 @@ pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppS
     let n = crate::swap::reembed_stale(store.as_ref(), &files, &model, |_| {}).await?;
     if n > 0 {
         tracing::warn!(images = n, elapsed_ms = t.elapsed().as_millis() as u64, model_version = %model.version(), "re-embedded images made by another model version");
-        store.drop_other_versions(model.version()).await?;
+    }
+    // Embeddings of other models are of no use any more (an interrupted swap can leave some).
+    let dropped = store.drop_other_versions(model.version()).await?;
+    if dropped > 0 {
+        tracing::info!(embeddings = dropped, "dropped embeddings of other model versions");
     }
     let view = crate::swap::build_view(&config, store.as_ref(), &model, true).await?;
     crate::metrics::install();

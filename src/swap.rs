@@ -64,12 +64,27 @@ pub enum SwapStatus {
 /// Why a swap could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SwapError {
-    #[error("the bundle cannot be used: {0:#}")]
+    #[error("the bundle cannot be used: {}", causes(.0))]
     Bundle(anyhow::Error),
     #[error("model version `{0}` is already serving")]
     SameVersion(String),
     #[error("a model swap is already running")]
     InProgress,
+}
+
+/// An error's cause chain on one line, without the repeats that wrapped I/O errors produce.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 impl Coded for SwapError {
