@@ -30,7 +30,7 @@ async fn assert_counted(app: &TestApp, codes: &[&str]) {
 /// An app of its own with the body limit of the shared [`one_product_app`].
 async fn spawn_one_product_app() -> TestApp {
     let limit = |c: &mut snapshop::Config| c.limits.max_body_bytes = BAD_INPUT_BODY_LIMIT;
-    spawn_app_with(new_data_dir(), limit).await
+    spawn_fake_app_with(new_data_dir(), limit).await
 }
 
 /// A PNG header announcing a huge image, with no pixel data: must be refused before decoding.

@@ -122,7 +122,8 @@ pub async fn spawn_app_on(
 // hashed, the models loaded) and each catalogue upload about 1 s more, so the tests that only read
 // share an app per process, started on a runtime of its own and never stopped. Tests that change
 // what others look at, or need a config or an empty index of their own, start their own app with
-// `spawn_app*`. Once apps are cheap (a fake model backend), these can become `spawn_*` calls.
+// `spawn_app*`. Tests of the core's behaviour (not of retrieval quality) use the fake model
+// backend (`spawn_fake_app*`), which needs no ONNX Runtime.
 
 struct Shared {
     app: TestApp,
@@ -183,7 +184,13 @@ async fn shared(
                 .unwrap();
             let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(rt));
             rt.block_on(async {
-                let app = spawn_app_with(shared_data_dir(), tweak).await;
+                // Bad input, the vocabulary and metrics do not depend on the model's quality:
+                // the one-product app runs the fake backend.
+                let backend = match seed {
+                    Seed::Catalogue => Backend::Ort,
+                    Seed::OneProduct => Backend::Fake,
+                };
+                let app = spawn_app_on(backend, shared_data_dir(), tweak).await;
                 let (mut catalogue, mut product) = (None, None);
                 match seed {
                     Seed::Catalogue => catalogue = Some(seed_catalogue(&app).await),

@@ -6,7 +6,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn an_empty_app_is_healthy_and_ready() {
-    let app = spawn_app().await;
+    let app = spawn_fake_app().await;
     app.healthz().await.assert_status(200);
     let ready = app.readyz().await.json;
     assert_eq!(ready["status"], "ready");
