@@ -191,7 +191,10 @@ pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppS
     // Embeddings of other models are of no use any more (an interrupted swap can leave some).
     let dropped = store.drop_other_versions(model.version()).await?;
     if dropped > 0 {
-        tracing::info!(embeddings = dropped, "dropped embeddings of other model versions");
+        tracing::info!(
+            embeddings = dropped,
+            "dropped embeddings of other model versions"
+        );
     }
     let view = crate::swap::build_view(&config, store.as_ref(), &model, true).await?;
     crate::metrics::install();

@@ -190,7 +190,7 @@ async fn concurrent_writes_to_same_and_different_products_never_fail() {
                         .await
                     }
                     1 => {
-                        let tags = if r % 2 == 0 {
+                        let tags = if r.is_multiple_of(2) {
                             vec!["color:blue"]
                         } else {
                             vec!["color:red", "fit:slim"]
@@ -242,7 +242,7 @@ async fn concurrent_writes_to_same_and_different_products_never_fail() {
     assert_eq!(ready.json["products"], state.len(), "{}", ready.text);
     let images: usize = state.values().map(|(_, n)| n).sum();
     assert_eq!(ready.json["index"]["live"], images, "{}", ready.text);
-    for (id, _) in &state {
+    for id in state.keys() {
         let p = app.get_product("stress", id).await.assert_status(200);
         for img in p.json["images"].as_array().unwrap() {
             let sha = img["sha256"].as_str().unwrap();
