@@ -290,6 +290,37 @@ where
     Ok(Some(written))
 }
 
+/// One attempt of a write to an existing product: `Some` when it committed, `None` when it must
+/// start again with fresh state (the model switched, or the product moved on and the client did
+/// not ask for a precondition; then after a short pause). A stale `If-Match` is the client's
+/// error, returned as is.
+async fn settle<F>(
+    core: &Core,
+    serving: &Serving,
+    write: F,
+    if_match: Option<ETag>,
+    attempt: usize,
+) -> Result<Option<Written>, IngestError>
+where
+    F: std::future::Future<Output = Result<Written, StoreError>>,
+{
+    match commit(core, serving, write).await {
+        Err(IngestError::Store(StoreError::VersionConflict { .. })) if if_match.is_none() => {
+            backoff(attempt).await;
+            Ok(None)
+        }
+        other => other,
+    }
+}
+
+fn contended(merchant: &Merchant, id: &str) -> IngestError {
+    IngestError::Contended {
+        merchant: merchant.to_string(),
+        id: id.to_owned(),
+        attempts: MAX_ATTEMPTS,
+    }
+}
+
 /// Creates a product with its images.
 #[tracing::instrument(skip_all, fields(merchant = %merchant, id = %new.id, images = files.len()))]
 pub async fn create_product(
@@ -370,21 +401,13 @@ pub async fn add_images(
             images.clone(),
             serving.model.version(),
         );
-        match commit(core, &serving, write).await {
-            Ok(Some(w)) => return Ok(ingested(&serving, w.product)),
-            Ok(None) => {}
-            Err(IngestError::Store(StoreError::VersionConflict { .. })) if if_match.is_none() => {
-                embedded = Some((serving.model.version().to_owned(), current.tags, images));
-                backoff(attempt).await;
-            }
-            Err(e) => return Err(e),
+        // Kept for the next attempt, should this one lose its compare-and-set.
+        embedded = Some((serving.model.version().to_owned(), current.tags, images));
+        if let Some(w) = settle(core, &serving, write, if_match, attempt).await? {
+            return Ok(ingested(&serving, w.product));
         }
     }
-    Err(IngestError::Contended {
-        merchant: merchant.to_string(),
-        id: id.to_owned(),
-        attempts: MAX_ATTEMPTS,
-    })
+    Err(contended(merchant, id))
 }
 
 /// Changes title, attributes or tags; a tag change re-embeds the product's images.
@@ -434,20 +457,11 @@ pub async fn update_product(
             update,
             serving.model.version(),
         );
-        match commit(core, &serving, write).await {
-            Ok(Some(w)) => return Ok(ingested(&serving, w.product)),
-            Ok(None) => {}
-            Err(IngestError::Store(StoreError::VersionConflict { .. })) if if_match.is_none() => {
-                backoff(attempt).await;
-            }
-            Err(e) => return Err(e),
+        if let Some(w) = settle(core, &serving, write, if_match, attempt).await? {
+            return Ok(ingested(&serving, w.product));
         }
     }
-    Err(IngestError::Contended {
-        merchant: merchant.to_string(),
-        id: id.to_owned(),
-        attempts: MAX_ATTEMPTS,
-    })
+    Err(contended(merchant, id))
 }
 
 /// Deletes a product; it leaves search results at once. Its image files are swept later if no
