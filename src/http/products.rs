@@ -2,17 +2,18 @@
 //!
 //! Handlers only translate HTTP to the ingest pipeline and back. The merchant comes from the
 //! [`Merchant`] extractor (where authentication will plug in); every product response carries
-//! its `ETag`, and PATCH, DELETE and image uploads honour `If-Match`.
+//! its `ETag`, and PATCH, DELETE and image uploads honour `If-Match`. One route serves a stored
+//! image file (the web page's result grid shows them).
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery, IfMatch, ProductPath, Upload};
+use super::extract::{ApiJson, ApiPath, ApiQuery, IfMatch, ProductPath, Upload};
 use crate::core::AppState;
 use crate::error::ErrorCode;
 use crate::ids::{Cursor, Merchant};
@@ -34,6 +35,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/v1/merchants/{merchant}/products/{id}/images",
             post(add_images),
+        )
+        .route(
+            "/v1/merchants/{merchant}/products/{id}/images/{image_id}",
+            get(get_image),
         )
 }
 
@@ -160,6 +165,68 @@ async fn get_product(
         .await?;
     let headers = etag_header(&p);
     Ok((headers, Json(ProductBody::from_record(&state, p))))
+}
+
+/// `GET …/products/{id}/images/{image_id}`: the stored bytes of one of the product's images.
+/// Files are content-addressed, so the response is immutable and its `ETag` is the sha256.
+async fn get_image(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    ApiPath((_, id, image_id)): ApiPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            ErrorCode::ProductNotFound,
+            format!("product {id:?} has no image {image_id:?}"),
+        )
+    };
+    let wanted: i64 = image_id.parse().map_err(|_| not_found())?;
+    let p = state.store().get_product(merchant.as_str(), &id).await?;
+    let image = p
+        .images
+        .into_iter()
+        .find(|i| i.id == wanted)
+        .ok_or_else(not_found)?;
+    let content_type = match image.format.as_str() {
+        "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        _ => "application/octet-stream",
+    };
+    let etag = format!("\"{}\"", image.sha256);
+    let mut out = HeaderMap::new();
+    out.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    out.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    out.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).map_err(ApiError::internal)?,
+    );
+    let cached = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            // Weak comparison, as RFC 9110 asks for `If-None-Match`.
+            v.split(',')
+                .map(|t| t.trim().trim_start_matches("W/"))
+                .any(|t| t == etag || t == "*")
+        });
+    if cached {
+        return Ok((StatusCode::NOT_MODIFIED, out).into_response());
+    }
+    let bytes = state
+        .files()
+        .read(&image.path)
+        .await
+        .map_err(ApiError::internal)?;
+    out.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok((out, bytes).into_response())
 }
 
 async fn update_product(

@@ -113,7 +113,10 @@ async fn hot_swap_under_load_switches_model_and_view_together() {
     let load = tokio::spawn(async move {
         let app = handle;
         let (mut searches, mut saw_new, mut first) = (0usize, false, None);
-        while !s.load(Ordering::Acquire) || searches < 3 {
+        loop {
+            // Read before the search: a search that starts after the stop (set once the swap
+            // is done) must be answered by the new model.
+            let stopping = s.load(Ordering::Acquire);
             let r = app.search(&p, "k=5").await.assert_status(200);
             let v = r.json["model_version"].as_str().unwrap().to_owned();
             assert!(v == old_v || v == new_v, "unknown model version {v}");
@@ -122,8 +125,17 @@ async fn hot_swap_under_load_switches_model_and_view_together() {
                 assert_eq!(v, new_v, "a search went back to the old model");
             }
             saw_new |= v == new_v;
+            if stopping {
+                assert_eq!(
+                    v, new_v,
+                    "a search after the switch was answered by the old model"
+                );
+            }
             first.get_or_insert(v);
             searches += 1;
+            if stopping && searches >= 3 {
+                break;
+            }
         }
         (searches, first, saw_new)
     });
