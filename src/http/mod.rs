@@ -9,6 +9,7 @@ pub mod extract;
 pub mod ops;
 pub mod products;
 pub mod search;
+pub mod web;
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(search::router())
         .merge(ops::router())
         .merge(admin::router())
+        .merge(web::router())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))

@@ -14,7 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use snapshop_store::{
-    NewImage, NewProduct as NewProductRow, ProductRecord, ProductUpdate, StoreError, Written,
+    Expect, NewImage, NewProduct as NewProductRow, ProductRecord, ProductUpdate, StoreError,
+    Written,
 };
 
 use crate::core::{Core, Serving};
@@ -259,12 +260,23 @@ async fn backoff(attempt: usize) {
     tokio::time::sleep(Duration::from_millis((1 + attempt as u64).min(20) + jitter)).await;
 }
 
+/// The precondition "still the product as read".
+fn as_read(p: &ProductRecord) -> Expect {
+    Expect {
+        product_id: p.id,
+        version: p.version,
+    }
+}
+
 /// Checks the client's `If-Match` against the product it names. `Err(VersionConflict)` when it
 /// names another incarnation of the product or another version.
-fn check_if_match(p: &ProductRecord, if_match: Option<ETag>) -> Result<Option<i64>, IngestError> {
+fn check_if_match(
+    p: &ProductRecord,
+    if_match: Option<ETag>,
+) -> Result<Option<Expect>, IngestError> {
     match if_match {
         None => Ok(None),
-        Some(e) if e.product_id == p.id && e.version == p.version => Ok(Some(e.version)),
+        Some(e) if e.product_id == p.id && e.version == p.version => Ok(Some(as_read(p))),
         Some(e) => Err(StoreError::VersionConflict {
             merchant: p.merchant.clone(),
             id: p.external_id.clone(),
@@ -387,7 +399,7 @@ pub async fn add_images(
     for attempt in 0..MAX_ATTEMPTS {
         let serving = core.serving();
         let current = core.store().get_product(merchant.as_str(), id).await?;
-        let expect = check_if_match(&current, if_match)?.unwrap_or(current.version);
+        let expect = check_if_match(&current, if_match)?.unwrap_or(as_read(&current));
         // Embeddings depend only on the bytes, the tags and the model: reuse them when neither
         // changed since the last attempt.
         let images = match embedded.take() {
@@ -443,7 +455,7 @@ pub async fn update_product(
             None => Vec::new(),
         };
         // A re-embedding is only valid for the images and tags it read: compare-and-set.
-        let expect = client_expect.or(retag.map(|_| current.version));
+        let expect = client_expect.or(retag.map(|_| as_read(&current)));
         let update = ProductUpdate {
             title: patch.title.as_ref().map(|t| t.trim().to_owned()),
             attributes: patch.attributes.clone(),

@@ -364,6 +364,14 @@ impl TestApp {
         .body(bytes)
     }
 
+    /// `GET /v1/merchants/{merchant}/products/{id}/images/{image_id}`: the stored image file.
+    pub fn get_image(&self, merchant: &str, id: &str, image_id: &str) -> Call {
+        self.request(
+            Method::GET,
+            &format!("{}/images/{image_id}", product_path(merchant, id)),
+        )
+    }
+
     // --- search ---
 
     /// `POST /v1/search?{query}` with the image file as a raw body; `query` has no `?`.
@@ -463,13 +471,15 @@ impl Call {
         let r = self.0.send().await.expect("the request is sent");
         let status = r.status().as_u16();
         let headers = r.headers().clone();
-        let text = r.text().await.expect("the response body is read");
+        let bytes = r.bytes().await.expect("the response body is read").to_vec();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
         TestResponse {
             status,
             headers,
             text,
             json,
+            bytes,
         }
     }
 }
@@ -490,6 +500,8 @@ pub struct TestResponse {
     pub headers: HeaderMap,
     pub text: String,
     pub json: Value,
+    /// The body as sent (`text` is its lossy UTF-8 reading).
+    pub bytes: Vec<u8>,
 }
 
 impl TestResponse {

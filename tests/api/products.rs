@@ -1,6 +1,8 @@
-//! `/v1/merchants/{merchant}/products`: create, read, list, update, add images, delete.
+//! `/v1/merchants/{merchant}/products`: create, read, list, update, add images, delete, and
+//! read an image file.
 
 use serde_json::{json, Value};
+use sha2::Digest;
 
 use crate::common::*;
 
@@ -29,6 +31,51 @@ async fn get_returns_the_product() {
     let id = &cat.products[2].id;
     let got = app.get_product(MERCHANT, id).await.assert_status(200).json;
     assert_eq!(got["title"], format!("Product {id}"));
+}
+
+/// An image file comes back as stored, typed, immutable, with its sha256 as `ETag`; only under
+/// its own product and merchant.
+#[tokio::test]
+async fn get_image_returns_the_stored_file() {
+    let (app, cat) = catalogue_app().await;
+    let (p, created) = (&cat.products[0], &cat.created[0]);
+    let image = &created["images"][0];
+    let image_id = image["id"].to_string();
+    let sha = image["sha256"].as_str().unwrap();
+    let r = app.get_image(MERCHANT, &p.id, &image_id).await;
+    let r = r.assert_status(200);
+    assert_eq!(r.bytes, std::fs::read(&p.shop[0]).unwrap());
+    assert_eq!(hex::encode(sha2::Sha256::digest(&r.bytes)), sha);
+    assert_eq!(r.header("content-type"), Some(mime_of(&p.shop[0])));
+    assert_eq!(r.header("etag"), Some(format!("\"{sha}\"").as_str()));
+    assert!(r.header("cache-control").unwrap().contains("immutable"));
+
+    let etag = format!("\"{sha}\"");
+    let again = app
+        .get_image(MERCHANT, &p.id, &image_id)
+        .header("if-none-match", &etag);
+    let again = again.await;
+    assert_eq!(again.status, 304);
+    assert!(again.bytes.is_empty());
+
+    // Another product's image, the same image under another merchant, and images that do not
+    // exist are all 404 product_not_found.
+    let theirs = cat.created[1]["images"][0]["id"].to_string();
+    let other = &cat.other.id;
+    for (merchant, id, image) in [
+        (MERCHANT, p.id.as_str(), theirs.as_str()),
+        (OTHER_MERCHANT, other.as_str(), theirs.as_str()),
+        (OTHER_MERCHANT, p.id.as_str(), image_id.as_str()),
+        (MERCHANT, p.id.as_str(), "999999"),
+        (MERCHANT, p.id.as_str(), "one"),
+        (MERCHANT, "no-such-product", image_id.as_str()),
+    ] {
+        app.get_image(merchant, id, image).await.assert_error_for(
+            &format!("{merchant}/{id}/images/{image}"),
+            404,
+            "product_not_found",
+        );
+    }
 }
 
 /// Pages of 3 follow `next_cursor` through the merchant's products in creation order.

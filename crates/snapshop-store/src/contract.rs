@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 
 use crate::{
-    CatalogStore, Counts, NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState,
+    CatalogStore, Counts, Expect, NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState,
     ProductUpdate, StaleImage, StoreError, Written,
 };
 
@@ -510,7 +510,7 @@ pub async fn not_found(store: &dyn CatalogStore) {
             id,
             &what("get"),
         );
-        for expect in [None, Some(1)] {
+        for expect in [None, Some(at(1, 1))] {
             assert_not_found(
                 store
                     .add_images(merchant, id, expect, vec![new_image(2)], &mv)
@@ -558,6 +558,7 @@ pub async fn versions(store: &dyn CatalogStore) {
         &mv,
     )
     .await;
+    let pid = w.product.id;
     let created = w.product.clone();
     assert_eq!(
         (w.product.version, w.state.version),
@@ -602,7 +603,7 @@ pub async fn versions(store: &dyn CatalogStore) {
     };
     assert_conflict(
         store
-            .update_product(&m, "v", Some(1), stale.clone(), &mv)
+            .update_product(&m, "v", Some(at(pid, 1)), stale.clone(), &mv)
             .await,
         &at3,
         1,
@@ -611,7 +612,7 @@ pub async fn versions(store: &dyn CatalogStore) {
     );
     assert_conflict(
         store
-            .add_images(&m, "v", Some(2), vec![new_image(3)], &mv)
+            .add_images(&m, "v", Some(at(pid, 2)), vec![new_image(3)], &mv)
             .await,
         &at3,
         2,
@@ -619,7 +620,7 @@ pub async fn versions(store: &dyn CatalogStore) {
         "add_images expecting 2 at 3",
     );
     assert_conflict(
-        store.delete_product(&m, "v", Some(4)).await,
+        store.delete_product(&m, "v", Some(at(pid, 4))).await,
         &at3,
         4,
         3,
@@ -632,7 +633,7 @@ pub async fn versions(store: &dyn CatalogStore) {
     );
 
     let w = store
-        .update_product(&m, "v", Some(3), stale, &mv)
+        .update_product(&m, "v", Some(at(pid, 3)), stale, &mv)
         .await
         .expect("update expecting the current version");
     assert_eq!(w.product.version, 4, "matching expect: bumps to 4");
@@ -643,7 +644,7 @@ pub async fn versions(store: &dyn CatalogStore) {
         "matching expect: tags applied"
     );
     let w = store
-        .add_images(&m, "v", Some(4), vec![new_image(4)], &mv)
+        .add_images(&m, "v", Some(at(pid, 4)), vec![new_image(4)], &mv)
         .await
         .expect("add_images expecting the current version");
     assert_eq!(
@@ -651,7 +652,7 @@ pub async fn versions(store: &dyn CatalogStore) {
         "add_images with matching expect bumps to 5"
     );
     let w = store
-        .update_product(&m, "v", Some(5), ProductUpdate::default(), &mv)
+        .update_product(&m, "v", Some(at(pid, 5)), ProductUpdate::default(), &mv)
         .await
         .expect("empty update");
     assert_eq!(
@@ -665,7 +666,7 @@ pub async fn versions(store: &dyn CatalogStore) {
     );
 
     let d = store
-        .delete_product(&m, "v", Some(6))
+        .delete_product(&m, "v", Some(at(pid, 6)))
         .await
         .expect("delete expecting the current version");
     assert_eq!(d.product, w.product, "delete returns the product as it was");
@@ -675,6 +676,39 @@ pub async fn versions(store: &dyn CatalogStore) {
         "v",
         "get after delete",
     );
+
+    // A re-created product is another incarnation: the old one's precondition never matches it,
+    // even at the same version number.
+    let again = create(store, new_product(&m, "v", &[]), vec![new_image(1)], &mv).await;
+    assert_eq!(again.product.version, 1);
+    assert_ne!(again.product.id, pid, "product ids are never reused");
+    assert_conflict(
+        store
+            .update_product(&m, "v", Some(at(pid, 1)), ProductUpdate::default(), &mv)
+            .await,
+        &again.product,
+        1,
+        1,
+        "update expecting the deleted incarnation",
+    );
+    store
+        .update_product(
+            &m,
+            "v",
+            Some(at(again.product.id, 1)),
+            ProductUpdate::default(),
+            &mv,
+        )
+        .await
+        .expect("update expecting the new incarnation");
+}
+
+/// The precondition "product `product_id` at `version`".
+pub fn at(product_id: i64, version: i64) -> Expect {
+    Expect {
+        product_id,
+        version,
+    }
 }
 
 /// Updates replace tags and embeddings; replaced embeddings get keys greater than every key
@@ -1394,6 +1428,7 @@ pub async fn concurrent_compare_and_set(store: &dyn CatalogStore) {
     let mv = unique("model");
     let created = create(store, new_product(&m, "cas", &[]), vec![new_image(1)], &mv).await;
     let image_id = created.product.images[0].id;
+    let pid = created.product.id;
 
     // Round one: everyone expects version 1 at once.
     let attempt = |w: usize, a: usize, expect: i64| {
@@ -1405,7 +1440,7 @@ pub async fn concurrent_compare_and_set(store: &dyn CatalogStore) {
                 .update_product(
                     &m,
                     "cas",
-                    Some(expect),
+                    Some(at(pid, expect)),
                     ProductUpdate {
                         title: Some(title.clone()),
                         tags: Some(vec![format!("writer:{w}")]),
@@ -1540,10 +1575,13 @@ pub async fn concurrent_writes_to_different_products(store: &dyn CatalogStore) {
                 as BoxFuture<'_, crate::Result<Written>>
         })
         .collect();
+    let mut ids = Vec::with_capacity(PRODUCTS);
     for (i, r) in join_all(creates).await.into_iter().enumerate() {
         let w = r.unwrap_or_else(|e| panic!("concurrent create of d{i}: {e}"));
         assert_eq!(w.product.version, 1, "d{i} created at version 1");
+        ids.push(w.product.id);
     }
+    let ids = &ids;
     let updates = (0..PRODUCTS)
         .map(|i| {
             let m = m.clone();
@@ -1554,7 +1592,10 @@ pub async fn concurrent_writes_to_different_products(store: &dyn CatalogStore) {
                     title: Some(format!("updated {i}")),
                     ..Default::default()
                 };
-                let w = match store.update_product(&m, &id, Some(1), upd, &mv).await {
+                let w = match store
+                    .update_product(&m, &id, Some(at(ids[i], 1)), upd, &mv)
+                    .await
+                {
                     Ok(w) => w,
                     Err(e) => return Err(e),
                 };
@@ -1562,7 +1603,7 @@ pub async fn concurrent_writes_to_different_products(store: &dyn CatalogStore) {
                     .add_images(
                         &m,
                         &id,
-                        Some(w.product.version),
+                        Some(at(w.product.id, w.product.version)),
                         vec![new_image(50 + i as u32)],
                         &mv,
                     )

@@ -22,8 +22,9 @@ pub use types::*;
 /// Concurrency contract, which the contract suite checks:
 /// - writes to different products never wait on each other beyond the database's own locking;
 /// - every write to an existing product bumps its `version` by one, and a write given
-///   `expect = Some(v)` fails with [`StoreError::VersionConflict`] unless the product is at `v`
-///   when the write commits (compare-and-set, atomic with the write);
+///   `expect = Some(e)` fails with [`StoreError::VersionConflict`] unless the product is the
+///   incarnation `e.product_id` at version `e.version` when the write commits (compare-and-set,
+///   atomic with the write);
 /// - product ids and embedding ids (the ANN keys) are never reused, even after a delete;
 /// - a returned [`ProductState`] is the product's complete searchable state as committed by that
 ///   write, so applying states in any order, keeping the highest version, converges.
@@ -82,7 +83,7 @@ pub trait CatalogStore: Send + Sync + 'static {
         &self,
         merchant: &str,
         external_id: &str,
-        expect: Option<i64>,
+        expect: Option<Expect>,
         images: Vec<NewImage>,
         model_version: &str,
     ) -> Result<Written>;
@@ -95,7 +96,7 @@ pub trait CatalogStore: Send + Sync + 'static {
         &self,
         merchant: &str,
         external_id: &str,
-        expect: Option<i64>,
+        expect: Option<Expect>,
         update: ProductUpdate,
         model_version: &str,
     ) -> Result<Written>;
@@ -106,7 +107,7 @@ pub trait CatalogStore: Send + Sync + 'static {
         &self,
         merchant: &str,
         external_id: &str,
-        expect: Option<i64>,
+        expect: Option<Expect>,
     ) -> Result<Deleted>;
 
     /// Stores embeddings by `model_version` for images whose product is still at the version

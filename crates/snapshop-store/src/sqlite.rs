@@ -21,9 +21,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use crate::{
-    blob_to_vector, vector_to_blob, CatalogStore, Counts, Deleted, ImageRecord, NewEmbedding,
-    NewImage, NewProduct, ProductRecord, ProductState, ProductUpdate, Result, StaleImage,
-    StoreError, StoredEmbedding, Written,
+    blob_to_vector, vector_to_blob, CatalogStore, Counts, Deleted, Expect, ImageRecord,
+    NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState, ProductUpdate, Result,
+    StaleImage, StoreError, StoredEmbedding, Written,
 };
 
 /// Paths per `referenced_paths` query (each chunk is one JSON array parameter).
@@ -125,14 +125,14 @@ async fn locate_for_write(
     conn: &mut SqliteConnection,
     merchant: &str,
     external_id: &str,
-    expect: Option<i64>,
+    expect: Option<Expect>,
 ) -> Result<i64> {
     let (id, actual) = locate(conn, merchant, external_id).await?;
     match expect {
-        Some(expected) if expected != actual => Err(StoreError::VersionConflict {
+        Some(e) if e.product_id != id || e.version != actual => Err(StoreError::VersionConflict {
             merchant: merchant.to_owned(),
             id: external_id.to_owned(),
-            expected,
+            expected: e.version,
             actual,
         }),
         _ => Ok(id),
@@ -595,7 +595,7 @@ impl CatalogStore for SqliteStore {
         &self,
         merchant: &str,
         external_id: &str,
-        expect: Option<i64>,
+        expect: Option<Expect>,
         images: Vec<NewImage>,
         model_version: &str,
     ) -> Result<Written> {
@@ -613,7 +613,7 @@ impl CatalogStore for SqliteStore {
         &self,
         merchant: &str,
         external_id: &str,
-        expect: Option<i64>,
+        expect: Option<Expect>,
         update: ProductUpdate,
         model_version: &str,
     ) -> Result<Written> {
@@ -665,7 +665,7 @@ impl CatalogStore for SqliteStore {
         &self,
         merchant: &str,
         external_id: &str,
-        expect: Option<i64>,
+        expect: Option<Expect>,
     ) -> Result<Deleted> {
         let mut tx = self.write_tx().await?;
         let product_id = locate_for_write(&mut tx, merchant, external_id, expect).await?;

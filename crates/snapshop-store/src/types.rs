@@ -36,6 +36,14 @@ pub struct ImageRecord {
     pub path: String,
 }
 
+/// A write's precondition: the product is this incarnation (product ids are never reused, so a
+/// deleted and re-created product never matches) at this version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expect {
+    pub product_id: i64,
+    pub version: i64,
+}
+
 /// A product to create.
 #[derive(Debug, Clone)]
 pub struct NewProduct {
