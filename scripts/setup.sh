@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # Installs everything snapshop needs on a fresh machine, pinned, and idempotently:
 # the Python venv (model pipeline, tests, and the ONNX Runtime library the service loads)
-# and, unless --no-build is given, the release build of the service.
+# and, unless --no-build is given, the release build of the service. With --browser-test (as
+# scripts/test.sh asks), also what the web page's browser test needs: Debian's chromium and
+# the pinned playwright-core from package-lock.json (`npm ci`; it never downloads a browser).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
+build=1 browser_test=0
+for arg in "$@"; do
+  case "$arg" in
+    --no-build) build=0 ;;
+    --browser-test) browser_test=1 ;;
+    *) echo "setup: unknown option $arg (known: --no-build, --browser-test)" >&2; exit 2 ;;
+  esac
+done
 
 # libjpeg-turbo's headers: the service decodes JPEG with the same library as Pillow, so that its
 # pixels match the training pipeline's exactly (the rust-svc machine image already has them).
@@ -28,7 +38,21 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-if [ "${1:-}" != "--no-build" ]; then
+if [ "$browser_test" = 1 ]; then
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "setup: installing chromium (Debian) for the browser test"
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core
+  fi
+  lock_stamp="node_modules/.snapshop-lock"
+  want_lock="$(sha256sum package-lock.json | cut -d' ' -f1)"
+  if [ "$(cat "$lock_stamp" 2>/dev/null)" != "$want_lock" ]; then
+    echo "setup: installing the pinned npm packages (npm ci: playwright-core, no browser download)"
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
+    echo "$want_lock" > "$lock_stamp"
+  fi
+fi
+
+if [ "$build" = 1 ]; then
   echo "setup: building the service (release)"
   cargo build --release --locked --bin snapshop
 fi

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test: the model pipeline's pytest suite, then the Rust workspace's tests
-# (unit tests, the golden-vector parity check, and the HTTP integration suite), and ends with
-# one line counting them all.
+# (unit tests, the golden-vector parity check, and the HTTP integration suite), then the web
+# page's browser test (tests/web/: Playwright driving Debian's chromium against the real
+# server), and ends with one line counting them all.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash scripts/setup.sh --no-build
+bash scripts/setup.sh --no-build --browser-test
 . scripts/env.sh
 # Tests that need ONNX Runtime or the shipped bundle fail here, instead of skipping, when either
 # is missing: CI must never pass by testing less.
@@ -17,6 +18,10 @@ echo "== pytest (models/)"
 (cd models && ../.venv/bin/python -m pytest -q -p no:cacheprovider tests) 2>&1 | tee "$log/pytest"
 echo "== cargo test (workspace)"
 cargo test --workspace --locked 2>&1 | tee "$log/cargo"
+echo "== browser test (tests/web/)"
+# The debug build the cargo tests just made (a no-op here); the test serves it.
+cargo build --locked --bin snapshop
+node tests/web/search.mjs 2>&1 | tee "$log/web"
 
 # Counts from each runner's own summary lines (awk: no failure when a count is absent).
 count() { # FILE LINE-REGEX WORD -> sum of the numbers just before WORD on matching lines
@@ -28,6 +33,9 @@ py_passed=$(count "$py_summary" '.' passed)
 py_failed=$(count "$py_summary" '.' failed)
 rs_passed=$(count "$log/cargo" '^test result:' passed)
 rs_failed=$(count "$log/cargo" '^test result:' failed)
+web_passed=$(count "$log/web" '^web:' passed)
+web_failed=$(count "$log/web" '^web:' failed)
 echo "pytest: ${py_passed:-0} passed, ${py_failed:-0} failed"
 echo "cargo: ${rs_passed:-0} passed, ${rs_failed:-0} failed"
-echo "total: $(( ${py_passed:-0} + ${rs_passed:-0} )) passed, $(( ${py_failed:-0} + ${rs_failed:-0} )) failed"
+echo "web: ${web_passed:-0} passed, ${web_failed:-0} failed"
+echo "total: $(( ${py_passed:-0} + ${rs_passed:-0} + ${web_passed:-0} )) passed, $(( ${py_failed:-0} + ${rs_failed:-0} + ${web_failed:-0} )) failed"

@@ -9,6 +9,7 @@
 //! with the new model. HTTP-free, so `snapshop eval` ingests through exactly this code. It must
 //! never answer before the commit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -243,9 +244,10 @@ fn ingested(serving: &Serving, product: ProductRecord) -> Ingested {
     }
 }
 
-/// Whether the model that embedded is still the one serving (else the write starts again).
-fn same_model(core: &Core, serving: &Serving) -> bool {
-    core.serving().model.version() == serving.model.version()
+/// Whether the model (and view) that embedded is still the pair serving, else the write starts
+/// again. By identity, not by version: a swap away and back makes a new view.
+fn same_model(core: &Core, serving: &Arc<Serving>) -> bool {
+    Arc::ptr_eq(&core.serving(), serving)
 }
 
 async fn backoff(attempt: usize) {
@@ -288,7 +290,11 @@ fn check_if_match(
 }
 
 /// Commits through the gate and applies the change; `None` if the model switched meanwhile.
-async fn commit<F>(core: &Core, serving: &Serving, write: F) -> Result<Option<Written>, IngestError>
+async fn commit<F>(
+    core: &Core,
+    serving: &Arc<Serving>,
+    write: F,
+) -> Result<Option<Written>, IngestError>
 where
     F: std::future::Future<Output = Result<Written, StoreError>>,
 {
@@ -308,7 +314,7 @@ where
 /// error, returned as is.
 async fn settle<F>(
     core: &Core,
-    serving: &Serving,
+    serving: &Arc<Serving>,
     write: F,
     if_match: Option<ETag>,
     attempt: usize,
@@ -454,8 +460,10 @@ pub async fn update_product(
             }
             None => Vec::new(),
         };
-        // A re-embedding is only valid for the images and tags it read: compare-and-set.
-        let expect = client_expect.or(retag.map(|_| as_read(&current)));
+        // Tags and the embeddings made from them must stay in step: any write of tags is a
+        // compare-and-set on the product as read (a concurrent re-tag would otherwise leave
+        // embeddings made from other tags).
+        let expect = client_expect.or(tags.as_ref().map(|_| as_read(&current)));
         let update = ProductUpdate {
             title: patch.title.as_ref().map(|t| t.trim().to_owned()),
             attributes: patch.attributes.clone(),
