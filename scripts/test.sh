@@ -19,8 +19,8 @@ echo "== pytest (models/)"
 echo "== cargo test (workspace)"
 cargo test --workspace --locked 2>&1 | tee "$log/cargo"
 echo "== browser test (tests/web/)"
-# The debug build the cargo tests just made (a no-op here); the test serves it.
-cargo build --locked --bin snapshop
+# It serves target/debug/snapshop, which the cargo tests just built (a separate `cargo build`
+# could rebuild it with other dependency features).
 node tests/web/search.mjs 2>&1 | tee "$log/web"
 
 # Counts from each runner's own summary lines (awk: no failure when a count is absent).
