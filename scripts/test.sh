@@ -21,7 +21,9 @@ cargo test --workspace --locked 2>&1 | tee "$log/cargo"
 echo "== browser test (tests/web/)"
 # It serves target/debug/snapshop, which the cargo tests just built (a separate `cargo build`
 # could rebuild it with other dependency features).
-node tests/web/search.mjs 2>&1 | tee "$log/web"
+# Screenshots go to the temporary directory; refresh docs/img/ with
+# `SNAPSHOP_WEB_SCREENSHOTS=docs/img node tests/web/search.mjs`.
+SNAPSHOP_WEB_SCREENSHOTS="${SNAPSHOP_WEB_SCREENSHOTS:-$log/screenshots}" node tests/web/search.mjs 2>&1 | tee "$log/web"
 
 # Counts from each runner's own summary lines (awk: no failure when a count is absent).
 count() { # FILE LINE-REGEX WORD -> sum of the numbers just before WORD on matching lines

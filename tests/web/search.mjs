@@ -87,6 +87,14 @@ function mime(path) {
 
 // --- the server ------------------------------------------------------------------------------
 
+// The server reads every SNAPSHOP_* variable as configuration (and refuses unknown keys such as
+// scripts/test.sh's SNAPSHOP_REQUIRE_ORT): it gets none, only the flags above.
+function serverEnv() {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("SNAPSHOP_")));
+  env.RUST_LOG = process.env.RUST_LOG || "info,ort=warn";
+  return env;
+}
+
 async function startServer() {
   assert(existsSync(BIN), `${BIN} is missing: build it first (cargo build --bin snapshop)`);
   const dataDir = mkdtempSync(join(tmpdir(), "snapshop-web-"));
@@ -94,7 +102,7 @@ async function startServer() {
   const child = spawn(BIN, [
     "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir,
     "--bundle", join(ROOT, "models/default"), "--log-format", "json", "--intra-threads", "1",
-  ], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info,ort=warn" } });
+  ], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env: serverEnv() });
   const exited = new Promise((res) => child.once("exit", (code, signal) => res({ code, signal })));
   cleanups.push(async () => {
     if (child.exitCode === null && child.signalCode === null) {
