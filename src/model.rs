@@ -139,6 +139,16 @@ impl Model {
         self.bundle.tag_vector(tags).1
     }
 
+    /// Whether a search re-ranks when the caller does not say (`manifest.rerank.default`).
+    pub fn rerank_by_default(&self) -> bool {
+        self.bundle.manifest.rerank.default
+    }
+
+    /// How a re-ranked candidate's final score is made (`manifest.rerank.fusion`).
+    pub fn fusion(&self) -> snapshop_inference::bundle::Fusion {
+        self.bundle.manifest.rerank.fusion
+    }
+
     pub fn queue_depth(&self) -> usize {
         self.queue.queue_depth()
     }

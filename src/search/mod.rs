@@ -132,7 +132,7 @@ impl RawOptions {
         Ok(SearchOptions {
             k,
             candidates,
-            rerank: self.rerank.unwrap_or(true),
+            rerank: self.rerank,
             filter,
             merchant: self.merchant.filter(|m| !m.is_empty()),
             explain: self.explain.unwrap_or(false),
@@ -146,7 +146,8 @@ impl RawOptions {
 pub struct SearchOptions {
     pub k: usize,
     pub candidates: usize,
-    pub rerank: bool,
+    /// `None`: as the model's bundle says (`manifest.rerank.default`).
+    pub rerank: Option<bool>,
     pub filter: TagFilter,
     pub merchant: Option<String>,
     pub explain: bool,
@@ -180,7 +181,8 @@ pub struct Candidate {
     /// 1-based rank in the first pass.
     pub first_pass_rank: usize,
     pub first_pass_score: f32,
-    /// CtxYNet score, when re-ranked.
+    /// The re-ranked score, when re-ranked: the CtxYNet score fused with the first-pass score
+    /// as the bundle says (`manifest.rerank.fusion`; the CtxYNet score alone by default).
     pub rerank_score: Option<f32>,
     pub attention: Option<Vec<f32>>,
 }
@@ -246,7 +248,7 @@ fn record_stage(stage: &'static str, ms: f64) {
 
 /// Runs the whole search for one uploaded photo: admission first (or [`Overloaded`] at once),
 /// then one model and its view from start to end.
-#[tracing::instrument(skip_all, fields(bytes = image.len(), k = opts.k, candidates = opts.candidates, rerank = opts.rerank))]
+#[tracing::instrument(skip_all, fields(bytes = image.len(), k = opts.k, candidates = opts.candidates, rerank = ?opts.rerank))]
 pub async fn search(
     core: &Core,
     image: bytes::Bytes,
@@ -311,7 +313,7 @@ pub async fn search_prepared(
     record_stage("ann", timings.ann);
 
     let mut reranked = false;
-    if opts.rerank && !candidates.is_empty() {
+    if opts.rerank.unwrap_or(model.rerank_by_default()) && !candidates.is_empty() {
         let t = Instant::now();
         let keys: Vec<Key> = candidates.iter().map(|c| c.key).collect();
         let view = serving.view.clone();
@@ -339,8 +341,10 @@ pub async fn search_prepared(
                     candidates.len()
                 )));
             }
+            let fusion = model.fusion();
             for (i, c) in candidates.iter_mut().enumerate() {
-                c.rerank_score = Some(out.scores[i]);
+                c.rerank_score =
+                    Some(fusion.first_pass * c.first_pass_score + fusion.ctx * out.scores[i]);
                 if opts.explain {
                     c.attention = Some(out.attention.row(i).to_vec());
                 }
@@ -368,7 +372,7 @@ mod tests {
     fn options_resolve_with_defaults_and_bounds() {
         let s = SearchSettings::default();
         let o = RawOptions::default().resolve(&s).unwrap();
-        assert_eq!((o.k, o.candidates, o.rerank), (20, 256, true));
+        assert_eq!((o.k, o.candidates, o.rerank), (20, 256, None));
         let bad = |r: RawOptions| r.resolve(&s).unwrap_err().code();
         assert_eq!(
             bad(RawOptions {

@@ -14,30 +14,7 @@ const TOKEN: &str = "test-admin-token-0123456789";
 
 /// A copy of the shipped bundle whose manifest names another model version.
 fn second_bundle(dir: &Path, version: &str) -> PathBuf {
-    fn copy_dir(src: &Path, dst: &Path) {
-        std::fs::create_dir_all(dst).unwrap();
-        for entry in std::fs::read_dir(src).unwrap() {
-            let entry = entry.unwrap();
-            let to = dst.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy_dir(&entry.path(), &to);
-            } else {
-                std::fs::copy(entry.path(), to).unwrap();
-            }
-        }
-    }
-    let dst = dir.join("bundle-b");
-    copy_dir(&root().join("models/default"), &dst);
-    let manifest_path = dst.join("manifest.json");
-    let mut manifest: Value =
-        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
-    manifest["model_version"] = json!(version);
-    std::fs::write(
-        &manifest_path,
-        serde_json::to_vec_pretty(&manifest).unwrap(),
-    )
-    .unwrap();
-    dst
+    copy_bundle(dir, |m| m["model_version"] = json!(version))
 }
 
 fn swap(app: &TestApp, bundle: &Path) -> Call {

@@ -649,6 +649,30 @@ pub fn fixture_products() -> (PathBuf, Vec<FixtureProduct>) {
     (manifest.clone(), list)
 }
 
+/// A copy of the shipped bundle in `dir/bundle-copy`, with `edit` applied to its manifest (the
+/// graphs and their checksums stay as they are).
+pub fn copy_bundle(dir: &Path, edit: impl FnOnce(&mut Value)) -> PathBuf {
+    fn copy_dir(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).unwrap();
+        for entry in std::fs::read_dir(src).unwrap() {
+            let entry = entry.unwrap();
+            let to = dst.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &to);
+            } else {
+                std::fs::copy(entry.path(), to).unwrap();
+            }
+        }
+    }
+    let dst = dir.join("bundle-copy");
+    copy_dir(&root().join("models/default"), &dst);
+    let path = dst.join("manifest.json");
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    dst
+}
+
 /// The first shop photo of each of the first `n` fixture products: `n` different images.
 pub fn fixture_photos(n: usize) -> Vec<PathBuf> {
     let (_, products) = fixture_products();

@@ -202,3 +202,45 @@ async fn absent_tags_find_nothing_and_tags_unknown_to_the_model_filter() {
         vec![cat.products[0].id.clone()]
     );
 }
+
+/// A bundle whose re-rank does not beat its first pass says so in its manifest: searches then
+/// skip the re-rank unless asked, and a re-ranked score is fused with the first pass as the
+/// manifest's weights say.
+#[tokio::test]
+async fn the_bundle_decides_the_rerank_default_and_the_score_fusion() {
+    let scratch = tempfile::tempdir().unwrap();
+    let bundle = copy_bundle(scratch.path(), |m| {
+        m["rerank"]["default"] = json!(false);
+        m["rerank"]["fusion"] = json!({"first_pass": 1.0, "ctx": 0.001});
+    });
+    let app = spawn_fake_app_with(new_data_dir(), |c| c.bundle = bundle).await;
+    let photos = fixture_photos(3);
+    for (i, photo) in photos.iter().enumerate() {
+        let body = json!({"id": format!("p{i}"), "title": "t"});
+        app.create_product(MERCHANT, &body, std::slice::from_ref(photo))
+            .await
+            .assert_status(201);
+    }
+    let plain = app.search(&photos[0], "k=3").await.assert_status(200).json;
+    assert_eq!(plain["reranked"], false, "{plain}");
+    let first = &results(&plain)[0];
+    assert_eq!(first["score"], first["first_pass_score"]);
+    let fused = app
+        .search(&photos[0], "k=3&rerank=true")
+        .await
+        .assert_status(200)
+        .json;
+    assert_eq!(fused["reranked"], true, "{fused}");
+    for r in results(&fused) {
+        let (score, first) = (
+            r["score"].as_f64().unwrap(),
+            r["first_pass_score"].as_f64().unwrap(),
+        );
+        // |ctx| <= ~1, so the fused score stays within 0.001 + rounding of the first pass.
+        assert!(
+            (score - first).abs() <= 0.0011,
+            "{score} vs first pass {first}"
+        );
+    }
+    app.stop().await;
+}

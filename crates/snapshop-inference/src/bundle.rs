@@ -132,6 +132,36 @@ pub struct TagsSpec {
 pub struct RerankSpec {
     /// How many nearest neighbours the service re-ranks per query.
     pub candidates: usize,
+    /// Whether a search re-ranks when the caller does not say (absent: `true`). A bundle whose
+    /// re-rank does not beat its own first pass sets `false`.
+    #[serde(default = "yes")]
+    pub default: bool,
+    /// How the final score of a re-ranked candidate is made (absent: the CtxYNet score alone).
+    #[serde(default)]
+    pub fusion: Fusion,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `manifest.rerank.fusion`: `score = first_pass · first-pass score + ctx · CtxYNet score`,
+/// with the weights the pipeline fitted on its validation split.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fusion {
+    pub first_pass: f32,
+    pub ctx: f32,
+}
+
+impl Default for Fusion {
+    /// The CtxYNet score alone (the paper's re-rank).
+    fn default() -> Self {
+        Fusion {
+            first_pass: 0.0,
+            ctx: 1.0,
+        }
+    }
 }
 
 /// `manifest.files[..]`.
@@ -495,6 +525,12 @@ fn validate(m: &Manifest) -> Result<(), InferenceError> {
             "manifest metric {:?} is not implemented (only \"cosine\")",
             m.metric
         )));
+    }
+    let f = m.rerank.fusion;
+    if !f.first_pass.is_finite() || !f.ctx.is_finite() || f.ctx <= 0.0 || f.first_pass < 0.0 {
+        return Err(bad(
+            "manifest rerank.fusion needs finite weights, ctx > 0 and first_pass >= 0",
+        ));
     }
     if m.rerank.candidates == 0 {
         return Err(bad("manifest rerank.candidates must be positive"));
