@@ -4,16 +4,19 @@
 # and, unless --no-build is given, the release build of the service. With --browser-test (as
 # scripts/test.sh asks), also what the web page's browser test needs: Debian's chromium and
 # the pinned playwright-core from package-lock.json (`npm ci`; it never downloads a browser).
+# With --postgres-test (as scripts/test.sh asks), also Debian's postgresql-15, whose initdb and
+# pg_ctl the store's Postgres contract tests use when no server answers (scripts/test-postgres.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
-build=1 browser_test=0
+build=1 browser_test=0 postgres_test=0
 for arg in "$@"; do
   case "$arg" in
     --no-build) build=0 ;;
     --browser-test) browser_test=1 ;;
-    *) echo "setup: unknown option $arg (known: --no-build, --browser-test)" >&2; exit 2 ;;
+    --postgres-test) postgres_test=1 ;;
+    *) echo "setup: unknown option $arg (known: --no-build, --browser-test, --postgres-test)" >&2; exit 2 ;;
   esac
 done
 
@@ -50,6 +53,11 @@ if [ "$browser_test" = 1 ]; then
     PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
     echo "$want_lock" > "$lock_stamp"
   fi
+fi
+
+if [ "$postgres_test" = 1 ] && ! dpkg -s postgresql-15 >/dev/null 2>&1; then
+  echo "setup: installing postgresql-15 (Debian) for the store's Postgres contract tests"
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql-15
 fi
 
 if [ "$build" = 1 ]; then

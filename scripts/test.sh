@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # Runs every test: the model pipeline's pytest suite, then the Rust workspace's tests
-# (unit tests, the golden-vector parity check, and the HTTP integration suite), then the web
-# page's browser test (tests/web/: Playwright driving Debian's chromium against the real
-# server), and ends with one line counting them all.
+# (unit tests, the golden-vector parity check, the store contract suite on SQLite and on a real
+# PostgreSQL, and the HTTP integration suite), then the web page's browser test (tests/web/:
+# Playwright driving Debian's chromium against the real server), and ends with one line counting
+# them all.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash scripts/setup.sh --no-build --browser-test
+bash scripts/setup.sh --no-build --browser-test --postgres-test
 . scripts/env.sh
+. scripts/test-postgres.sh
 # Tests that need ONNX Runtime or the shipped bundle fail here, instead of skipping, when either
 # is missing: CI must never pass by testing less.
 export SNAPSHOP_REQUIRE_ORT=1 SNAPSHOP_REQUIRE_BUNDLE=1
 log="$(mktemp -d)"
-trap 'rm -rf "$log"' EXIT
+trap 'snapshop_pg_stop; rm -rf "$log"' EXIT
+# A PostgreSQL for the store's contract suite: the local server on 127.0.0.1:5432 if it lets
+# postgres create a database (a fresh one for this run), else a throwaway initdb/pg_ctl server on
+# a free port; it exports SNAPSHOP_TEST_POSTGRES_URL and SNAPSHOP_REQUIRE_POSTGRES=1, so those
+# tests fail rather than skip without it. Both are dropped or stopped at exit.
+echo "== postgres (store contract suite)"
+snapshop_pg_start
 
 echo "== pytest (models/)"
 (cd models && ../.venv/bin/python -m pytest -q -p no:cacheprovider tests) 2>&1 | tee "$log/pytest"

@@ -69,7 +69,8 @@ pub struct Config {
     pub intra_threads: usize,
     /// Log format on stderr.
     pub log_format: LogFormat,
-    /// The catalogue store: `sqlite://PATH`. Unset means `sqlite://<data_dir>/snapshop.db`.
+    /// The catalogue store: `sqlite://PATH`, or `postgres://…` / `postgresql://…` (an existing
+    /// Postgres database). Unset means `sqlite://<data_dir>/snapshop.db`.
     pub database_url: Option<String>,
     pub limits: Limits,
     pub search: SearchSettings,
@@ -323,8 +324,9 @@ impl Config {
             return bad("maintenance intervals must be positive");
         }
         if let Some(url) = &self.database_url {
-            if !url.starts_with("sqlite:") {
-                return bad("database_url must be sqlite://PATH");
+            let known = ["sqlite:", "postgres://", "postgresql://"];
+            if !known.iter().any(|scheme| url.starts_with(scheme)) {
+                return bad("database_url must be sqlite://PATH or postgres://USER@HOST:PORT/DB");
             }
         }
         if self.admin.token.as_deref().is_some_and(|t| t.len() < 16) {
@@ -492,6 +494,20 @@ mod tests {
         std::fs::write(&file, "[search]\nmax_kk = 3\n").unwrap();
         let err = Config::load(Some(&file), Vec::new(), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("bad.toml"), "{err}");
+
+        for (url, ok) in [
+            ("sqlite:///tmp/x.db", true),
+            ("postgres://snapshop@127.0.0.1:5432/shop", true),
+            ("postgresql://h/db", true),
+            ("mysql://h/db", false),
+        ] {
+            let e = env(&[("SNAPSHOP_DATABASE_URL", url)]);
+            assert_eq!(
+                Config::load(None, e, &Overrides::default()).is_ok(),
+                ok,
+                "{url}"
+            );
+        }
 
         let e = env(&[("SNAPSHOP_SEARCH__DEFAULT_K", "500")]);
         assert!(matches!(

@@ -1,6 +1,6 @@
 //! The contract every [`CatalogStore`] backend passes, written only against `&dyn CatalogStore`.
 //!
-//! It exists so that each backend (SQLite now, Postgres later) is held to the same behaviour the
+//! It exists so that each backend (SQLite and Postgres) is held to the same behaviour the
 //! service relies on: versions and compare-and-set, keys that are never reused, returned states
 //! that are exactly what was committed, batched reads, and concurrent writers. A backend's tests
 //! call [`run_all`] (or single checks) on a store of their own; failures are panics with a

@@ -22,7 +22,7 @@ pub enum StoreError {
         actual: i64,
     },
     /// [`crate::open`] was given a URL no backend handles.
-    #[error("unsupported database URL `{0}` (expected sqlite://PATH)")]
+    #[error("unsupported database URL `{0}` (expected sqlite://PATH or postgres://...)")]
     UnsupportedUrl(String),
     /// Stored data (or a request about it) that cannot be right, e.g. an undecodable vector
     /// or an embedding for an image of another product.

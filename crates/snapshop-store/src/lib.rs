@@ -8,6 +8,7 @@
 
 pub mod contract;
 mod error;
+pub mod postgres;
 pub mod sqlite;
 mod types;
 
@@ -143,13 +144,17 @@ pub fn blob_to_vector(b: &[u8]) -> Result<Vec<f32>> {
         .collect())
 }
 
-/// Opens the store a URL names and runs its migrations: `sqlite://PATH` (created if missing).
+/// Opens the store a URL names and runs its migrations: `sqlite://PATH` (created if missing),
+/// or `postgres://…` / `postgresql://…` (a libpq-style URL of an existing database).
 pub async fn open(database_url: &str) -> Result<Arc<dyn CatalogStore>> {
     if let Some(path) = database_url
         .strip_prefix("sqlite://")
         .or_else(|| database_url.strip_prefix("sqlite:"))
     {
         return Ok(Arc::new(sqlite::SqliteStore::open(path.as_ref()).await?));
+    }
+    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        return Ok(Arc::new(postgres::PostgresStore::open(database_url).await?));
     }
     Err(StoreError::UnsupportedUrl(database_url.to_owned()))
 }

@@ -1,0 +1,1185 @@
+//! The Postgres backend of [`CatalogStore`]: an existing database behind a pool of 8 connections,
+//! with its own migrations (`migrations/postgres/`, the SQLite schema in Postgres SQL).
+//!
+//! It exists so that the catalogue can live in a database server that several processes share.
+//! Everything the SQLite backend gets from its single writer, this one gets from the database
+//! itself, never from a lock in this process:
+//! - uniqueness by constraints (a duplicate product is the unique violation of
+//!   `products_merchant_external_id`, mapped to [`StoreError::ProductExists`]);
+//! - versions and compare-and-set: every write to an existing product first takes the product's
+//!   row lock (`SELECT ... FOR UPDATE`), checks the expected version against the locked row and
+//!   bumps it with `UPDATE ... WHERE id = $1 AND version = $2`, checking the rows affected; every
+//!   writer of a product's tags, images or embeddings (also [`CatalogStore::put_embeddings`],
+//!   which checks the product version under that lock) takes the same lock first, so what a
+//!   write reads back before its commit is what it commits;
+//! - keys that are never reused: identity columns (sequences never hand out a value twice).
+//!
+//! Write transactions run at READ COMMITTED under those row locks; multi-query reads run in one
+//! `REPEATABLE READ, READ ONLY` transaction, so that they see a single snapshot. Id and path
+//! lists go to Postgres as one array parameter (`= ANY($1)`), so the number of queries never
+//! grows with the number of products in a page or in the catalogue.
+//!
+//! This module must never touch image files, hold image bytes, or take a process-wide lock.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+
+use crate::{
+    blob_to_vector, vector_to_blob, CatalogStore, Counts, Deleted, Expect, ImageRecord,
+    NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState, ProductUpdate, Result,
+    StaleImage, StoreError, StoredEmbedding, Written,
+};
+
+/// Connections in the pool.
+const POOL_SIZE: u32 = 8;
+
+/// Paths per `referenced_paths` query (each chunk is one array parameter).
+const PATHS_PER_QUERY: usize = 500;
+
+/// Attempts of `drop_other_versions`, which may lose a deadlock against a concurrent write that
+/// deletes the same embedding rows in another order (Postgres then aborts one of the two).
+const DROP_ATTEMPTS: usize = 3;
+
+/// The columns [`product_from_row`] reads, in order, over [`PRODUCT_FROM`].
+const PRODUCT_COLUMNS: &str = "p.id, m.name, p.external_id, p.title, p.attributes, p.version, \
+                               p.created_at, p.updated_at";
+const PRODUCT_FROM: &str = "FROM products p JOIN merchants m ON m.id = p.merchant_id";
+
+/// The columns [`image_from_row`] reads, in order, from `images`.
+const IMAGE_COLUMNS: &str = "id, product_id, sha256, byte_size, width, height, format, path";
+
+/// A [`CatalogStore`] over one Postgres database.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn not_found(merchant: &str, external_id: &str) -> StoreError {
+    StoreError::ProductNotFound {
+        merchant: merchant.to_owned(),
+        id: external_id.to_owned(),
+    }
+}
+
+/// A `LIMIT` value for a `usize` limit (saturating: Postgres limits are signed 64-bit).
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// An `INTEGER` column's value for a `u32` (image sizes, vector dimensions).
+fn sql_int(what: &str, v: u32) -> Result<i32> {
+    i32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} {v} exceeds 2^31 - 1")))
+}
+
+/// Whether `e` is Postgres aborting a transaction to break a deadlock or a serialization
+/// conflict (SQLSTATE 40P01, 40001): the statement may simply be run again.
+fn is_retryable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")))
+}
+
+impl PostgresStore {
+    /// Connects to the database a `postgres://` (or `postgresql://`) URL names and runs the
+    /// migrations. The database must exist.
+    pub async fn open(url: &str) -> Result<Self> {
+        Self::connect_with(PgConnectOptions::from_str(url)?).await
+    }
+
+    /// [`PostgresStore::open`] with options built by the caller.
+    pub async fn connect_with(options: PgConnectOptions) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .connect_with(options.application_name("snapshop"))
+            .await?;
+        // Migrations take an advisory lock: processes starting together run them once.
+        sqlx::migrate!("../../migrations/postgres")
+            .run(&pool)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// A write transaction (READ COMMITTED): it takes the row lock of every product it writes
+    /// before it reads anything of it.
+    async fn write_tx(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// A read transaction: one snapshot for several queries.
+    async fn read_tx(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?)
+    }
+}
+
+// ---- statements shared by several operations ------------------------------------------------
+
+/// The internal id and version of a merchant's product (no lock: reads only).
+async fn locate(conn: &mut PgConnection, merchant: &str, external_id: &str) -> Result<(i64, i64)> {
+    sqlx::query_as::<_, (i64, i64)>(
+        "SELECT p.id, p.version FROM products p JOIN merchants m ON m.id = p.merchant_id \
+         WHERE m.name = $1 AND p.external_id = $2",
+    )
+    .bind(merchant)
+    .bind(external_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| not_found(merchant, external_id))
+}
+
+/// Locks the product's row (`FOR UPDATE`: a concurrent writer of the same product waits until
+/// this transaction ends, then sees its commit) and checks the compare-and-set against the
+/// locked row. Returns the product's id and version.
+async fn lock_for_write(
+    conn: &mut PgConnection,
+    merchant: &str,
+    external_id: &str,
+    expect: Option<Expect>,
+) -> Result<(i64, i64)> {
+    let (id, actual) = sqlx::query_as::<_, (i64, i64)>(
+        "SELECT p.id, p.version FROM products p JOIN merchants m ON m.id = p.merchant_id \
+         WHERE m.name = $1 AND p.external_id = $2 FOR UPDATE OF p",
+    )
+    .bind(merchant)
+    .bind(external_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| not_found(merchant, external_id))?;
+    match expect {
+        Some(e) if e.product_id != id || e.version != actual => Err(StoreError::VersionConflict {
+            merchant: merchant.to_owned(),
+            id: external_id.to_owned(),
+            expected: e.version,
+            actual,
+        }),
+        _ => Ok((id, actual)),
+    }
+}
+
+/// The rows affected by a version bump of a locked product: anything but one means the row
+/// changed under its lock, which cannot happen.
+fn check_bumped(rows: u64, product_id: i64, version: i64) -> Result<()> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "product {product_id} left version {version} under its row lock"
+        )))
+    }
+}
+
+/// Bumps the version (compare-and-set on the version read under the lock) and stamps
+/// `updated_at`: part of every write to an existing product.
+async fn bump(conn: &mut PgConnection, product_id: i64, version: i64, now: i64) -> Result<()> {
+    let rows = sqlx::query(
+        "UPDATE products SET version = version + 1, updated_at = $1 WHERE id = $2 AND version = $3",
+    )
+    .bind(now)
+    .bind(product_id)
+    .bind(version)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    check_bumped(rows, product_id, version)
+}
+
+async fn insert_embedding(
+    conn: &mut PgConnection,
+    image_id: i64,
+    model_version: &str,
+    vector: &[f32],
+    now: i64,
+) -> Result<i64> {
+    let dim = u32::try_from(vector.len()).unwrap_or(u32::MAX);
+    Ok(sqlx::query_scalar(
+        "INSERT INTO embeddings (image_id, model_version, dim, vector, created_at) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(image_id)
+    .bind(model_version)
+    .bind(sql_int("vector dimension", dim)?)
+    .bind(vector_to_blob(vector))
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
+async fn insert_images(
+    conn: &mut PgConnection,
+    product_id: i64,
+    images: &[NewImage],
+    model_version: &str,
+    now: i64,
+) -> Result<()> {
+    for img in images {
+        let image_id: i64 = sqlx::query_scalar(
+            "INSERT INTO images (product_id, sha256, byte_size, width, height, format, path, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(product_id)
+        .bind(&img.sha256)
+        .bind(img.byte_size)
+        .bind(sql_int("image width", img.width)?)
+        .bind(sql_int("image height", img.height)?)
+        .bind(&img.format)
+        .bind(&img.path)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?;
+        insert_embedding(conn, image_id, model_version, &img.embedding, now).await?;
+    }
+    Ok(())
+}
+
+/// Replaces the product's tags: one delete and one insert of the whole array.
+async fn replace_tags(conn: &mut PgConnection, product_id: i64, tags: &[String]) -> Result<()> {
+    sqlx::query("DELETE FROM product_tags WHERE product_id = $1")
+        .bind(product_id)
+        .execute(&mut *conn)
+        .await?;
+    if !tags.is_empty() {
+        sqlx::query(
+            "INSERT INTO product_tags (product_id, tag) SELECT $1, t FROM UNNEST($2::text[]) AS t \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(product_id)
+        .bind(tags)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+fn product_from_row(r: &PgRow) -> Result<ProductRecord> {
+    let id: i64 = r.get(0);
+    let attributes: String = r.get(4);
+    let attributes = serde_json::from_str(&attributes)
+        .map_err(|e| StoreError::Corrupt(format!("attributes of product {id}: {e}")))?;
+    Ok(ProductRecord {
+        id,
+        merchant: r.get(1),
+        external_id: r.get(2),
+        title: r.get(3),
+        attributes,
+        tags: Vec::new(),
+        version: r.get(5),
+        created_at: r.get(6),
+        updated_at: r.get(7),
+        images: Vec::new(),
+    })
+}
+
+fn image_from_row(r: &PgRow) -> ImageRecord {
+    ImageRecord {
+        id: r.get(0),
+        product_id: r.get(1),
+        sha256: r.get(2),
+        byte_size: r.get(3),
+        width: r.get::<i32, _>(4) as u32,
+        height: r.get::<i32, _>(5) as u32,
+        format: r.get(6),
+        path: r.get(7),
+    }
+}
+
+/// Tags (sorted by bytes: the column's collation is "C") of the products `ids`, in one query.
+async fn tags_of(conn: &mut PgConnection, ids: &[i64]) -> Result<HashMap<i64, Vec<String>>> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT product_id, tag FROM product_tags WHERE product_id = ANY($1) \
+         ORDER BY product_id, tag",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out: HashMap<i64, Vec<String>> = HashMap::new();
+    for (product_id, tag) in rows {
+        out.entry(product_id).or_default().push(tag);
+    }
+    Ok(out)
+}
+
+/// Fills in tags and images of `products` with two queries, whatever their number.
+async fn attach_children(conn: &mut PgConnection, products: &mut [ProductRecord]) -> Result<()> {
+    if products.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = products.iter().map(|p| p.id).collect();
+    let mut tags = tags_of(conn, &ids).await?;
+    let images = sqlx::query(&format!(
+        "SELECT {IMAGE_COLUMNS} FROM images WHERE product_id = ANY($1) ORDER BY id"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let index: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+    for p in products.iter_mut() {
+        p.tags = tags.remove(&p.id).unwrap_or_default();
+    }
+    for row in &images {
+        let image = image_from_row(row);
+        if let Some(&i) = index.get(&image.product_id) {
+            products[i].images.push(image);
+        }
+    }
+    Ok(())
+}
+
+/// One product with its tags and images.
+async fn load_product(conn: &mut PgConnection, id: i64) -> Result<ProductRecord> {
+    let row = sqlx::query(&format!(
+        "SELECT {PRODUCT_COLUMNS} {PRODUCT_FROM} WHERE p.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::Corrupt(format!("product {id} vanished mid-transaction")))?;
+    let mut products = [product_from_row(&row)?];
+    attach_children(conn, &mut products).await?;
+    let [product] = products;
+    Ok(product)
+}
+
+/// The product's embeddings by `model_version`, by key.
+async fn embeddings_of(
+    conn: &mut PgConnection,
+    product_id: i64,
+    model_version: &str,
+) -> Result<Vec<StoredEmbedding>> {
+    let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT e.id, e.image_id, e.vector FROM embeddings e JOIN images i ON i.id = e.image_id \
+         WHERE i.product_id = $1 AND e.model_version = $2 ORDER BY e.id",
+    )
+    .bind(product_id)
+    .bind(model_version)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|(key, image_id, blob)| {
+            Ok(StoredEmbedding {
+                key,
+                image_id,
+                vector: blob_to_vector(&blob)?,
+            })
+        })
+        .collect()
+}
+
+/// What a write to `product_id` committed: read inside the write's transaction, under the
+/// product's row lock, just before the commit.
+async fn written(conn: &mut PgConnection, product_id: i64, model_version: &str) -> Result<Written> {
+    let product = load_product(conn, product_id).await?;
+    let embeddings = embeddings_of(conn, product_id, model_version).await?;
+    let state = ProductState {
+        product_id,
+        version: product.version,
+        merchant: product.merchant.clone(),
+        external_id: product.external_id.clone(),
+        title: product.title.clone(),
+        tags: product.tags.clone(),
+        embeddings,
+    };
+    Ok(Written { product, state })
+}
+
+#[async_trait::async_trait]
+impl CatalogStore for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn get_product(&self, merchant: &str, external_id: &str) -> Result<ProductRecord> {
+        let mut tx = self.read_tx().await?;
+        let (id, _) = locate(&mut tx, merchant, external_id).await?;
+        let product = load_product(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(product)
+    }
+
+    async fn list_products(
+        &self,
+        merchant: &str,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ProductRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.read_tx().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {PRODUCT_COLUMNS} {PRODUCT_FROM} \
+             WHERE m.name = $1 AND p.id > $2 ORDER BY p.id LIMIT $3"
+        ))
+        .bind(merchant)
+        .bind(after.unwrap_or(i64::MIN))
+        .bind(sql_limit(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut products = rows
+            .iter()
+            .map(product_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        attach_children(&mut tx, &mut products).await?;
+        tx.commit().await?;
+        Ok(products)
+    }
+
+    async fn load_states(&self, model_version: &str) -> Result<Vec<ProductState>> {
+        let mut tx = self.read_tx().await?;
+        let products: Vec<(i64, i64, String, String, String)> = sqlx::query_as(&format!(
+            "SELECT p.id, p.version, m.name, p.external_id, p.title {PRODUCT_FROM} ORDER BY p.id"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut states: Vec<ProductState> = products
+            .into_iter()
+            .map(
+                |(product_id, version, merchant, external_id, title)| ProductState {
+                    product_id,
+                    version,
+                    merchant,
+                    external_id,
+                    title,
+                    tags: Vec::new(),
+                    embeddings: Vec::new(),
+                },
+            )
+            .collect();
+        let index: HashMap<i64, usize> = states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.product_id, i))
+            .collect();
+        let mut orphans = 0usize;
+
+        let tags: Vec<(i64, String)> =
+            sqlx::query_as("SELECT product_id, tag FROM product_tags ORDER BY product_id, tag")
+                .fetch_all(&mut *tx)
+                .await?;
+        for (product_id, tag) in tags {
+            match index.get(&product_id) {
+                Some(&i) => states[i].tags.push(tag),
+                None => orphans += 1,
+            }
+        }
+
+        let embeddings: Vec<(i64, i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT e.id, e.image_id, i.product_id, e.vector \
+             FROM embeddings e JOIN images i ON i.id = e.image_id \
+             WHERE e.model_version = $1 ORDER BY e.id",
+        )
+        .bind(model_version)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        for (key, image_id, product_id, blob) in embeddings {
+            match index.get(&product_id) {
+                Some(&i) => states[i].embeddings.push(StoredEmbedding {
+                    key,
+                    image_id,
+                    vector: blob_to_vector(&blob)?,
+                }),
+                None => orphans += 1,
+            }
+        }
+        if orphans > 0 {
+            // Foreign keys make this impossible within one snapshot; kept for parity with SQLite.
+            tracing::warn!(orphans, "tag or embedding rows of missing products ignored");
+        }
+        Ok(states)
+    }
+
+    async fn stale_images(&self, model_version: &str, limit: usize) -> Result<Vec<StaleImage>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.read_tx().await?;
+        let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+            "SELECT i.id, i.product_id, p.version, i.path \
+             FROM images i JOIN products p ON p.id = i.product_id \
+             WHERE NOT EXISTS (SELECT 1 FROM embeddings e \
+                               WHERE e.image_id = i.id AND e.model_version = $1) \
+             ORDER BY i.id LIMIT $2",
+        )
+        .bind(model_version)
+        .bind(sql_limit(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut product_ids: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        product_ids.sort_unstable();
+        product_ids.dedup();
+        let tags = if product_ids.is_empty() {
+            HashMap::new()
+        } else {
+            tags_of(&mut tx, &product_ids).await?
+        };
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|(image_id, product_id, product_version, path)| StaleImage {
+                image_id,
+                product_id,
+                product_version,
+                tags: tags.get(&product_id).cloned().unwrap_or_default(),
+                path,
+            })
+            .collect())
+    }
+
+    async fn referenced_paths(&self, paths: &[String]) -> Result<HashSet<String>> {
+        let mut unique: Vec<&str> = paths.iter().map(String::as_str).collect();
+        unique.sort_unstable();
+        unique.dedup();
+        let mut out = HashSet::new();
+        if unique.is_empty() {
+            return Ok(out);
+        }
+        let mut tx = self.read_tx().await?;
+        for chunk in unique.chunks(PATHS_PER_QUERY) {
+            let found: Vec<String> =
+                sqlx::query_scalar("SELECT DISTINCT path FROM images WHERE path = ANY($1)")
+                    .bind(chunk)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            out.extend(found);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        let (merchants, products, images, embeddings): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM merchants), (SELECT COUNT(*) FROM products), \
+                    (SELECT COUNT(*) FROM images), (SELECT COUNT(*) FROM embeddings)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(Counts {
+            merchants: n(merchants),
+            products: n(products),
+            images: n(images),
+            embeddings: n(embeddings),
+        })
+    }
+
+    async fn create_product(
+        &self,
+        product: NewProduct,
+        images: Vec<NewImage>,
+        model_version: &str,
+    ) -> Result<Written> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        // A concurrent creator of the same new merchant makes this wait for its commit; the
+        // SELECT (a new statement, so a new snapshot at READ COMMITTED) then sees its row.
+        sqlx::query(
+            "INSERT INTO merchants (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&product.merchant)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let merchant_id: i64 = sqlx::query_scalar("SELECT id FROM merchants WHERE name = $1")
+            .bind(&product.merchant)
+            .fetch_one(&mut *tx)
+            .await?;
+        let inserted = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO products \
+             (merchant_id, external_id, title, attributes, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 1, $5, $5) RETURNING id",
+        )
+        .bind(merchant_id)
+        .bind(&product.external_id)
+        .bind(&product.title)
+        .bind(product.attributes.to_string())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await;
+        let product_id = match inserted {
+            Ok(id) => id,
+            // The unique constraint decides, also between concurrent creators (the second one
+            // waits for the first to commit, then fails here). Dropping `tx` rolls back.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::ProductExists {
+                    merchant: product.merchant,
+                    id: product.external_id,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        replace_tags(&mut tx, product_id, &product.tags).await?;
+        insert_images(&mut tx, product_id, &images, model_version, now).await?;
+        let out = written(&mut tx, product_id, model_version).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn add_images(
+        &self,
+        merchant: &str,
+        external_id: &str,
+        expect: Option<Expect>,
+        images: Vec<NewImage>,
+        model_version: &str,
+    ) -> Result<Written> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let (product_id, version) = lock_for_write(&mut tx, merchant, external_id, expect).await?;
+        insert_images(&mut tx, product_id, &images, model_version, now).await?;
+        bump(&mut tx, product_id, version, now).await?;
+        let out = written(&mut tx, product_id, model_version).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn update_product(
+        &self,
+        merchant: &str,
+        external_id: &str,
+        expect: Option<Expect>,
+        update: ProductUpdate,
+        model_version: &str,
+    ) -> Result<Written> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let (product_id, version) = lock_for_write(&mut tx, merchant, external_id, expect).await?;
+        if !update.embeddings.is_empty() {
+            let own: HashSet<i64> =
+                sqlx::query_scalar("SELECT id FROM images WHERE product_id = $1")
+                    .bind(product_id)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+            if let Some((foreign, _)) = update.embeddings.iter().find(|(id, _)| !own.contains(id)) {
+                // Dropping `tx` rolls back; nothing was written yet anyway.
+                return Err(StoreError::Corrupt(format!(
+                    "image {foreign} is not an image of product `{external_id}` of merchant `{merchant}`"
+                )));
+            }
+        }
+        let rows = sqlx::query(
+            "UPDATE products SET title = COALESCE($1, title), \
+             attributes = COALESCE($2, attributes), version = version + 1, updated_at = $3 \
+             WHERE id = $4 AND version = $5",
+        )
+        .bind(update.title.as_deref())
+        .bind(update.attributes.as_ref().map(|a| a.to_string()))
+        .bind(now)
+        .bind(product_id)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        check_bumped(rows, product_id, version)?;
+        if let Some(tags) = &update.tags {
+            replace_tags(&mut tx, product_id, tags).await?;
+        }
+        for (image_id, vector) in &update.embeddings {
+            sqlx::query("DELETE FROM embeddings WHERE image_id = $1")
+                .bind(image_id)
+                .execute(&mut *tx)
+                .await?;
+            insert_embedding(&mut tx, *image_id, model_version, vector, now).await?;
+        }
+        let out = written(&mut tx, product_id, model_version).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn delete_product(
+        &self,
+        merchant: &str,
+        external_id: &str,
+        expect: Option<Expect>,
+    ) -> Result<Deleted> {
+        let mut tx = self.write_tx().await?;
+        let (product_id, _) = lock_for_write(&mut tx, merchant, external_id, expect).await?;
+        let product = load_product(&mut tx, product_id).await?;
+        // Explicit deletes, children first, as in the SQLite backend (ON DELETE CASCADE would do
+        // the same here).
+        sqlx::query(
+            "DELETE FROM embeddings WHERE image_id IN (SELECT id FROM images WHERE product_id = $1)",
+        )
+        .bind(product_id)
+        .execute(&mut *tx)
+        .await?;
+        for table in ["images", "product_tags"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE product_id = $1"))
+                .bind(product_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM products WHERE id = $1")
+            .bind(product_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Deleted { product })
+    }
+
+    async fn put_embeddings(
+        &self,
+        model_version: &str,
+        embeddings: Vec<NewEmbedding>,
+    ) -> Result<usize> {
+        if embeddings.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        // Lock every product named, in id order (so two batches cannot deadlock), and read
+        // their versions under the locks: no write can move them before the commit.
+        let mut product_ids: Vec<i64> = embeddings.iter().map(|e| e.product_id).collect();
+        product_ids.sort_unstable();
+        product_ids.dedup();
+        let versions: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(
+            "SELECT id, version FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&product_ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let image_ids: Vec<i64> = embeddings.iter().map(|e| e.image_id).collect();
+        let owners: HashMap<i64, i64> =
+            sqlx::query_as::<_, (i64, i64)>("SELECT id, product_id FROM images WHERE id = ANY($1)")
+                .bind(&image_ids)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+        let mut written = 0;
+        for e in &embeddings {
+            let current = versions.get(&e.product_id) == Some(&e.product_version)
+                && owners.get(&e.image_id) == Some(&e.product_id);
+            if !current {
+                continue;
+            }
+            // Delete then insert: the replacement gets a new key (keys are never reused).
+            sqlx::query("DELETE FROM embeddings WHERE image_id = $1 AND model_version = $2")
+                .bind(e.image_id)
+                .bind(model_version)
+                .execute(&mut *tx)
+                .await?;
+            insert_embedding(&mut tx, e.image_id, model_version, &e.vector, now).await?;
+            written += 1;
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn drop_other_versions(&self, keep: &str) -> Result<u64> {
+        // One statement (its own transaction); run again if it lost a deadlock.
+        let mut attempt = 1;
+        loop {
+            match sqlx::query("DELETE FROM embeddings WHERE model_version <> $1")
+                .bind(keep)
+                .execute(&self.pool)
+                .await
+            {
+                Ok(done) => return Ok(done.rows_affected()),
+                Err(e) if attempt < DROP_ATTEMPTS && is_retryable(&e) => {
+                    tracing::warn!(attempt, error = %e, "drop_other_versions: retrying");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The contract suite against a real server: the one `SNAPSHOP_TEST_POSTGRES_URL` names
+    //! (`scripts/test.sh` provides one). Every test works in a database of its own, created on
+    //! that server for the test (`CREATE DATABASE snapshop_test_...`) and dropped at its end,
+    //! so that tests running in parallel, or other users of the same server, never see each
+    //! other's rows (`drop_other_versions` is global to a database). The URL's role must be
+    //! allowed to create databases. Without the variable every test here is skipped with a
+    //! message, unless `SNAPSHOP_REQUIRE_POSTGRES=1`: then it fails.
+
+    use super::*;
+    use crate::contract;
+    use sqlx::{ConnectOptions, Connection, Executor};
+    use std::future::Future;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const URL_VAR: &str = "SNAPSHOP_TEST_POSTGRES_URL";
+    const REQUIRE_VAR: &str = "SNAPSHOP_REQUIRE_POSTGRES";
+
+    /// The server URL, or `None` when the test is to be skipped (it says so on stderr).
+    fn server_url(test: &str) -> Option<String> {
+        match std::env::var(URL_VAR) {
+            Ok(url) if !url.trim().is_empty() => Some(url),
+            _ if std::env::var(REQUIRE_VAR).as_deref() == Ok("1") => panic!(
+                "{test}: {REQUIRE_VAR}=1 but {URL_VAR} is unset; set it to \
+                 postgres://USER@HOST:PORT/DB of a server where USER may create databases"
+            ),
+            _ => {
+                eprintln!(
+                    "SKIPPED postgres::{test}: {URL_VAR} is unset (set it to \
+                     postgres://USER@HOST:PORT/DB of a server where USER may create databases; \
+                     scripts/test.sh does, and sets {REQUIRE_VAR}=1)"
+                );
+                None
+            }
+        }
+    }
+
+    /// `url` with its database name replaced by `database` (query string kept).
+    fn with_database(url: &str, database: &str) -> String {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (url, String::new()),
+        };
+        let after_scheme = base.find("://").map_or(0, |i| i + 3);
+        let authority_end = base[after_scheme..]
+            .find('/')
+            .map_or(base.len(), |i| after_scheme + i);
+        format!("{}/{database}{query}", &base[..authority_end])
+    }
+
+    /// A database of its own on the server, dropped by [`FreshDb::drop`].
+    struct FreshDb {
+        server: PgConnectOptions,
+        name: String,
+        url: String,
+    }
+
+    impl FreshDb {
+        async fn create(server_url: &str) -> FreshDb {
+            static SEQ: AtomicU64 = AtomicU64::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let name = format!(
+                "snapshop_test_{}_{nanos:x}_{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            );
+            let server = PgConnectOptions::from_str(server_url)
+                .unwrap_or_else(|e| panic!("{URL_VAR} is not a Postgres URL: {e}"));
+            let mut conn = server
+                .connect()
+                .await
+                .unwrap_or_else(|e| panic!("connect to {URL_VAR} ({server_url}): {e}"));
+            // template0: never connected to, so a session on template1 cannot make this fail.
+            conn.execute(format!(r#"CREATE DATABASE "{name}" TEMPLATE template0"#).as_str())
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("CREATE DATABASE {name} (the {URL_VAR} role needs CREATEDB): {e}")
+                });
+            conn.close().await.ok();
+            let url = with_database(server_url, &name);
+            FreshDb { server, name, url }
+        }
+
+        fn options(&self) -> PgConnectOptions {
+            self.server.clone().database(&self.name)
+        }
+
+        async fn drop(self) {
+            match self.server.connect().await {
+                Ok(mut conn) => {
+                    let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
+                    if let Err(e) = conn.execute(sql.as_str()).await {
+                        eprintln!("could not drop test database {}: {e}", self.name);
+                    }
+                    conn.close().await.ok();
+                }
+                Err(e) => eprintln!("could not drop test database {}: {e}", self.name),
+            }
+        }
+    }
+
+    /// Runs `check` on a store over a fresh database (skipped without a server), drops the
+    /// database, then passes on the check's panic, if any.
+    async fn on_fresh_db<F, Fut>(test: &str, check: F)
+    where
+        F: FnOnce(PostgresStore, String) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Some(url) = server_url(test) else { return };
+        let db = FreshDb::create(&url).await;
+        let store = match PostgresStore::connect_with(db.options()).await {
+            Ok(store) => store,
+            Err(e) => {
+                db.drop().await;
+                panic!("{test}: open the fresh database: {e}");
+            }
+        };
+        let result = tokio::spawn(check(store.clone(), db.url.clone())).await;
+        store.close().await;
+        db.drop().await;
+        if let Err(e) = result {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+            panic!("{test}: {e}");
+        }
+    }
+
+    /// Each contract check on its own fresh database, so that a failure names the check.
+    macro_rules! contract_checks {
+        ($($check:ident),* $(,)?) => {
+            mod contract_checks {
+                $(
+                    #[tokio::test]
+                    async fn $check() {
+                        super::on_fresh_db(stringify!($check), |s, _| async move {
+                            crate::contract::$check(&s).await;
+                        })
+                        .await;
+                    }
+                )*
+            }
+        };
+    }
+
+    contract_checks!(
+        backend_and_ping,
+        create_get_list,
+        duplicate_create,
+        not_found,
+        versions,
+        update_replaces_tags_and_embeddings,
+        update_with_foreign_image_is_corrupt,
+        written_states,
+        load_states,
+        stale_images_and_put_embeddings,
+        referenced_paths,
+        counts,
+        concurrent_compare_and_set,
+        concurrent_writes_to_different_products,
+        drop_other_versions,
+    );
+
+    #[tokio::test]
+    async fn contract_suite_on_a_fresh_database() {
+        on_fresh_db("contract_suite_on_a_fresh_database", |s, _| async move {
+            contract::run_all(&s).await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn contract_suite_twice_on_one_database_through_open() {
+        // A second run meets the first run's data: the checks must not depend on an empty
+        // database. Also goes through the URL opener, both schemes, and a reopen (the
+        // migrations run twice).
+        on_fresh_db(
+            "contract_suite_twice_on_one_database_through_open",
+            |_, url| async move {
+                let first = crate::open(&url).await.unwrap();
+                assert_eq!(first.backend(), "postgres");
+                contract::run_all(first.as_ref()).await;
+                first.close().await;
+                let other_scheme = url.replacen("postgres://", "postgresql://", 1);
+                let second = crate::open(&other_scheme).await.unwrap();
+                assert_eq!(second.backend(), "postgres");
+                contract::run_all(second.as_ref()).await;
+                second.close().await;
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn postgres_urls_select_this_backend() {
+        // A port that is no number fails while parsing the URL, before any connection (a
+        // refused one would be retried for the pool's acquire timeout): the error is Postgres's
+        // own, so the URL was taken for a Postgres one, not UnsupportedUrl. Needs no server.
+        for url in [
+            "postgres://u@127.0.0.1:x/db",
+            "postgresql://u@127.0.0.1:x/db",
+        ] {
+            match crate::open(url).await {
+                Err(StoreError::Db(sqlx::Error::Configuration(_))) => {}
+                Err(e) => panic!("{url}: expected a URL (configuration) error, got {e}"),
+                Ok(_) => panic!("{url}: connected?"),
+            }
+        }
+    }
+
+    #[test]
+    fn database_names_in_urls_are_replaced() {
+        for (url, want) in [
+            ("postgres://u@h:5432/test", "postgres://u@h:5432/x"),
+            ("postgres://u@h:5432", "postgres://u@h:5432/x"),
+            (
+                "postgresql://h/test?sslmode=disable",
+                "postgresql://h/x?sslmode=disable",
+            ),
+            ("postgres:///test?host=/tmp", "postgres:///x?host=/tmp"),
+        ] {
+            assert_eq!(with_database(url, "x"), want, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn close_makes_later_calls_fail() {
+        on_fresh_db("close_makes_later_calls_fail", |s, _| async move {
+            s.ping().await.unwrap();
+            s.close().await;
+            assert!(s.ping().await.is_err());
+            assert!(s.get_product("m", "p").await.is_err());
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn migrations_make_the_sqlite_schema() {
+        on_fresh_db("migrations_make_the_sqlite_schema", |s, _| async move {
+            let indexes: Vec<String> = sqlx::query_scalar(
+                "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1",
+            )
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+            for want in [
+                "embeddings_by_model",
+                "embeddings_image_model",
+                "images_by_path",
+                "images_by_product",
+                "images_by_sha256",
+                "products_merchant_external_id",
+                "product_tags_by_tag",
+                "product_tags_pkey",
+                "merchants_name_key",
+            ] {
+                assert!(indexes.iter().any(|i| i == want), "{want} in {indexes:?}");
+            }
+            let identities: Vec<String> = sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.columns \
+                 WHERE table_schema = 'public' AND column_name = 'id' \
+                   AND is_identity = 'YES' AND identity_generation = 'ALWAYS' ORDER BY 1",
+            )
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+            assert_eq!(
+                identities,
+                ["embeddings", "images", "merchants", "products"]
+            );
+            let version: (String, Option<String>) = sqlx::query_as(
+                "SELECT data_type::text, column_default::text FROM information_schema.columns \
+                 WHERE table_name = 'products' AND column_name = 'version'",
+            )
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+            assert_eq!(version, ("bigint".to_string(), Some("1".to_string())));
+            let applied: Vec<i64> =
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+                    .fetch_all(&s.pool)
+                    .await
+                    .unwrap();
+            assert_eq!(
+                applied,
+                [20261127000001, 20261201000001, 20261201000002],
+                "the same version numbers as migrations/sqlite/"
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn tags_sort_by_bytes_as_in_sqlite() {
+        on_fresh_db("tags_sort_by_bytes_as_in_sqlite", |s, _| async move {
+            let mut tags: Vec<String> = ["é:1", "a:1", "Z:1", "ä:1", "a:10", "a:2"]
+                .iter()
+                .map(|t| t.to_string())
+                .collect();
+            tags.sort();
+            let w = s
+                .create_product(
+                    NewProduct {
+                        merchant: "m".into(),
+                        external_id: "p".into(),
+                        title: "t".into(),
+                        attributes: serde_json::json!({}),
+                        tags: tags.clone(),
+                    },
+                    vec![],
+                    "v1",
+                )
+                .await
+                .unwrap();
+            assert_eq!(w.product.tags, tags, "as Rust sorts them (bytes)");
+            assert_eq!(s.get_product("m", "p").await.unwrap().tags, tags);
+            assert_eq!(s.load_states("v1").await.unwrap()[0].tags, tags);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn load_states_scales_with_a_fixed_number_of_queries() {
+        // 10k products with a tag, an image and an embedding each, inserted in bulk, then one
+        // load: a per-product query would show up as a multi-second load here.
+        on_fresh_db("load_states_scales", |s, _| async move {
+            let blob = vector_to_blob(&[0.5, 0.5]);
+            let mut tx = s.write_tx().await.unwrap();
+            for sql in [
+                "INSERT INTO merchants (name, created_at) VALUES ('bulk', 0)",
+                "INSERT INTO products (merchant_id, external_id, title, created_at, updated_at) \
+                 SELECT (SELECT id FROM merchants WHERE name = 'bulk'), 'p' || g, 't', 0, 0 \
+                 FROM generate_series(0, 9999) g",
+                "INSERT INTO product_tags (product_id, tag) SELECT id, 'k:v' FROM products",
+                "INSERT INTO images (product_id, sha256, byte_size, width, height, format, path, \
+                 created_at) SELECT id, 's' || id, 10, 4, 3, 'png', 'images/s' || id || '.png', 0 \
+                 FROM products",
+            ] {
+                sqlx::query(sql).execute(&mut *tx).await.unwrap();
+            }
+            sqlx::query(
+                "INSERT INTO embeddings (image_id, model_version, dim, vector, created_at) \
+                 SELECT id, 'v1', 2, $1, 0 FROM images",
+            )
+            .bind(&blob)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            let started = std::time::Instant::now();
+            let states = s.load_states("v1").await.unwrap();
+            let took = started.elapsed();
+            assert_eq!(states.len(), 10_000);
+            assert!(states
+                .iter()
+                .all(|st| st.embeddings.len() == 1 && st.tags == ["k:v"] && st.version == 1));
+            assert!(
+                took < std::time::Duration::from_secs(10),
+                "load_states took {took:?}"
+            );
+            let page = s.list_products("bulk", None, 1000).await.unwrap();
+            assert_eq!(page.len(), 1000);
+            assert!(page
+                .iter()
+                .all(|p| p.images.len() == 1 && p.tags == ["k:v"]));
+            assert_eq!(s.stale_images("v2", 5000).await.unwrap().len(), 5000);
+        })
+        .await;
+    }
+}
