@@ -6,6 +6,7 @@
 //! what it committed. Backends are selected by URL ([`open`]); each one passes the same contract
 //! suite ([`contract`]). This crate must never hold image bytes, call a model or know about HTTP.
 
+mod assemble;
 pub mod contract;
 mod error;
 pub mod postgres;

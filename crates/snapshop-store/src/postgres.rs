@@ -27,6 +27,7 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
+use crate::assemble;
 use crate::{
     blob_to_vector, vector_to_blob, CatalogStore, Counts, Deleted, Expect, ImageRecord,
     NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState, ProductUpdate, Result,
@@ -380,16 +381,7 @@ async fn embeddings_of(
 async fn written(conn: &mut PgConnection, product_id: i64, model_version: &str) -> Result<Written> {
     let product = load_product(conn, product_id).await?;
     let embeddings = embeddings_of(conn, product_id, model_version).await?;
-    let state = ProductState {
-        product_id,
-        version: product.version,
-        merchant: product.merchant.clone(),
-        external_id: product.external_id.clone(),
-        title: product.title.clone(),
-        tags: product.tags.clone(),
-        embeddings,
-    };
-    Ok(Written { product, state })
+    Ok(assemble::written(product, embeddings))
 }
 
 #[async_trait::async_trait]
@@ -445,44 +437,16 @@ impl CatalogStore for PostgresStore {
 
     async fn load_states(&self, model_version: &str) -> Result<Vec<ProductState>> {
         let mut tx = self.read_tx().await?;
-        let products: Vec<(i64, i64, String, String, String)> = sqlx::query_as(&format!(
+        let products: Vec<assemble::ProductRow> = sqlx::query_as(&format!(
             "SELECT p.id, p.version, m.name, p.external_id, p.title {PRODUCT_FROM} ORDER BY p.id"
         ))
         .fetch_all(&mut *tx)
         .await?;
-        let mut states: Vec<ProductState> = products
-            .into_iter()
-            .map(
-                |(product_id, version, merchant, external_id, title)| ProductState {
-                    product_id,
-                    version,
-                    merchant,
-                    external_id,
-                    title,
-                    tags: Vec::new(),
-                    embeddings: Vec::new(),
-                },
-            )
-            .collect();
-        let index: HashMap<i64, usize> = states
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.product_id, i))
-            .collect();
-        let mut orphans = 0usize;
-
         let tags: Vec<(i64, String)> =
             sqlx::query_as("SELECT product_id, tag FROM product_tags ORDER BY product_id, tag")
                 .fetch_all(&mut *tx)
                 .await?;
-        for (product_id, tag) in tags {
-            match index.get(&product_id) {
-                Some(&i) => states[i].tags.push(tag),
-                None => orphans += 1,
-            }
-        }
-
-        let embeddings: Vec<(i64, i64, i64, Vec<u8>)> = sqlx::query_as(
+        let embeddings: Vec<assemble::EmbeddingRow> = sqlx::query_as(
             "SELECT e.id, e.image_id, i.product_id, e.vector \
              FROM embeddings e JOIN images i ON i.id = e.image_id \
              WHERE e.model_version = $1 ORDER BY e.id",
@@ -491,21 +455,7 @@ impl CatalogStore for PostgresStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        for (key, image_id, product_id, blob) in embeddings {
-            match index.get(&product_id) {
-                Some(&i) => states[i].embeddings.push(StoredEmbedding {
-                    key,
-                    image_id,
-                    vector: blob_to_vector(&blob)?,
-                }),
-                None => orphans += 1,
-            }
-        }
-        if orphans > 0 {
-            // Foreign keys make this impossible within one snapshot; kept for parity with SQLite.
-            tracing::warn!(orphans, "tag or embedding rows of missing products ignored");
-        }
-        Ok(states)
+        assemble::states(products, tags, embeddings)
     }
 
     async fn stale_images(&self, model_version: &str, limit: usize) -> Result<Vec<StaleImage>> {
@@ -513,7 +463,7 @@ impl CatalogStore for PostgresStore {
             return Ok(Vec::new());
         }
         let mut tx = self.read_tx().await?;
-        let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        let rows: Vec<assemble::StaleRow> = sqlx::query_as(
             "SELECT i.id, i.product_id, p.version, i.path \
              FROM images i JOIN products p ON p.id = i.product_id \
              WHERE NOT EXISTS (SELECT 1 FROM embeddings e \
@@ -524,31 +474,18 @@ impl CatalogStore for PostgresStore {
         .bind(sql_limit(limit))
         .fetch_all(&mut *tx)
         .await?;
-        let mut product_ids: Vec<i64> = rows.iter().map(|r| r.1).collect();
-        product_ids.sort_unstable();
-        product_ids.dedup();
+        let product_ids = assemble::stale_product_ids(&rows);
         let tags = if product_ids.is_empty() {
             HashMap::new()
         } else {
             tags_of(&mut tx, &product_ids).await?
         };
         tx.commit().await?;
-        Ok(rows
-            .into_iter()
-            .map(|(image_id, product_id, product_version, path)| StaleImage {
-                image_id,
-                product_id,
-                product_version,
-                tags: tags.get(&product_id).cloned().unwrap_or_default(),
-                path,
-            })
-            .collect())
+        Ok(assemble::stale(rows, &tags))
     }
 
     async fn referenced_paths(&self, paths: &[String]) -> Result<HashSet<String>> {
-        let mut unique: Vec<&str> = paths.iter().map(String::as_str).collect();
-        unique.sort_unstable();
-        unique.dedup();
+        let unique = assemble::unique_paths(paths);
         let mut out = HashSet::new();
         if unique.is_empty() {
             return Ok(out);
