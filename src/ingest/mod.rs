@@ -104,12 +104,6 @@ pub struct Ingested {
     pub unknown_to_model: Vec<String>,
 }
 
-impl Ingested {
-    pub fn etag(&self) -> ETag {
-        etag_of(&self.product)
-    }
-}
-
 pub fn etag_of(p: &ProductRecord) -> ETag {
     ETag {
         product_id: p.id,

@@ -44,13 +44,6 @@ pub trait AnnIndex: Send + Sync + 'static {
         n: usize,
         filter: Option<AnnFilter<'_>>,
     ) -> Result<Vec<Hit>, IndexError>;
-    /// Exact top `n` (for recall measurements); same contract as `search`.
-    fn search_exact(
-        &self,
-        query: &[f32],
-        n: usize,
-        filter: Option<AnnFilter<'_>>,
-    ) -> Result<Vec<Hit>, IndexError>;
     /// The stored vectors of `keys` (`None` for absent keys), for the re-rank.
     fn vectors(&self, keys: &[Key]) -> Vec<Option<Vec<f32>>>;
     /// Every live key, ascending.
@@ -142,18 +135,6 @@ impl AnnIndex for HnswAnn {
         filter: Option<AnnFilter<'_>>,
     ) -> Result<Vec<Hit>, IndexError> {
         self.index.search_in(
-            query,
-            n,
-            filter.map(|f| f.keys as &dyn snapshop_index::KeySet),
-        )
-    }
-    fn search_exact(
-        &self,
-        query: &[f32],
-        n: usize,
-        filter: Option<AnnFilter<'_>>,
-    ) -> Result<Vec<Hit>, IndexError> {
-        self.index.search_exact_in(
             query,
             n,
             filter.map(|f| f.keys as &dyn snapshop_index::KeySet),

@@ -388,11 +388,13 @@ impl SearchView {
     }
 
     /// The product's version the view holds.
+    #[cfg(test)]
     pub fn product_version(&self, product_id: i64) -> Option<i64> {
         self.read().products.get(&product_id).map(|s| s.version)
     }
 
     /// The keys the view holds for a product.
+    #[cfg(test)]
     pub fn product_keys(&self, product_id: i64) -> Vec<Key> {
         let mut keys = self
             .read()

@@ -25,8 +25,6 @@ pub struct FakeBackend {
     place: Array2<f32>,
     /// `[T, C]` projection of the tag vector.
     tags: Array2<f32>,
-    /// Added to every score (lets tests tell two fake models apart).
-    bias: f32,
 }
 
 /// A fixed pseudo-random sequence in [-1, 1) (SplitMix64): deterministic across platforms.
@@ -66,14 +64,7 @@ impl FakeBackend {
             place: Array2::from_shape_vec((l, c), noise(seed ^ 0xA5A5, l * c)).expect("L x C")
                 * 0.2,
             tags: Array2::from_shape_vec((t, c), noise(seed ^ 0x5A5A, t * c)).expect("T x C"),
-            bias: 0.0,
         }
-    }
-
-    /// The same fake, with `bias` added to every re-rank score.
-    pub fn with_bias(mut self, bias: f32) -> Self {
-        self.bias = bias;
-        self
     }
 
     /// `[L, C]` location features: each grid cell's mean colour, projected, plus its place.
@@ -187,7 +178,7 @@ impl Backend for FakeBackend {
                 }
                 let attended = normalise(attended);
                 let cos: f32 = attended.iter().zip(cand).map(|(a, b)| a * b).sum();
-                scores[[i, j]] = cos + self.bias;
+                scores[[i, j]] = cos;
             }
         }
         Ok((scores, attention))
