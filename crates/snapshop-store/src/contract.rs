@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 
 use crate::{
-    CatalogStore, Counts, Expect, NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState,
-    ProductUpdate, StaleImage, StoreError, Written,
+    CatalogStore, Counts, Expect, KeyKind, KeyQuery, MerchantSettings, NewEmbedding, NewImage,
+    NewKey, NewProduct, ProductRecord, ProductState, ProductUpdate, Quota, StaleImage, StoreError,
+    Written,
 };
 
 /// Runs every check, one after another, [`drop_other_versions`] last.
@@ -40,6 +41,10 @@ pub async fn run_all(store: &dyn CatalogStore) {
     counts(store).await;
     concurrent_compare_and_set(store).await;
     concurrent_writes_to_different_products(store).await;
+    quotas(store).await;
+    merchant_overrides(store).await;
+    concurrent_quota(store).await;
+    keys(store).await;
     drop_other_versions(store).await;
 }
 
@@ -67,6 +72,7 @@ fn new_product(merchant: &str, external_id: &str, tags: &[&str]) -> NewProduct {
         title: format!("title of {external_id}"),
         attributes: serde_json::json!({"price": 10, "nested": {"sizes": ["s", "m"]}}),
         tags,
+        quota: Quota::UNLIMITED,
     }
 }
 
@@ -513,7 +519,14 @@ pub async fn not_found(store: &dyn CatalogStore) {
         for expect in [None, Some(at(1, 1))] {
             assert_not_found(
                 store
-                    .add_images(merchant, id, expect, vec![new_image(2)], &mv)
+                    .add_images(
+                        merchant,
+                        id,
+                        expect,
+                        vec![new_image(2)],
+                        &mv,
+                        Quota::UNLIMITED,
+                    )
                     .await,
                 merchant,
                 id,
@@ -567,7 +580,7 @@ pub async fn versions(store: &dyn CatalogStore) {
     );
 
     let w = store
-        .add_images(&m, "v", None, vec![new_image(2)], &mv)
+        .add_images(&m, "v", None, vec![new_image(2)], &mv, Quota::UNLIMITED)
         .await
         .expect("add_images without expect");
     assert_eq!(
@@ -612,7 +625,14 @@ pub async fn versions(store: &dyn CatalogStore) {
     );
     assert_conflict(
         store
-            .add_images(&m, "v", Some(at(pid, 2)), vec![new_image(3)], &mv)
+            .add_images(
+                &m,
+                "v",
+                Some(at(pid, 2)),
+                vec![new_image(3)],
+                &mv,
+                Quota::UNLIMITED,
+            )
             .await,
         &at3,
         2,
@@ -644,7 +664,14 @@ pub async fn versions(store: &dyn CatalogStore) {
         "matching expect: tags applied"
     );
     let w = store
-        .add_images(&m, "v", Some(at(pid, 4)), vec![new_image(4)], &mv)
+        .add_images(
+            &m,
+            "v",
+            Some(at(pid, 4)),
+            vec![new_image(4)],
+            &mv,
+            Quota::UNLIMITED,
+        )
         .await
         .expect("add_images expecting the current version");
     assert_eq!(
@@ -930,7 +957,7 @@ pub async fn written_states(store: &dyn CatalogStore) {
     let created_keys: Vec<i64> = w.state.embeddings.iter().map(|e| e.key).collect();
 
     let w = store
-        .add_images(&m, "s", None, vec![new_image(3)], &v2)
+        .add_images(&m, "s", None, vec![new_image(3)], &v2, Quota::UNLIMITED)
         .await
         .expect("add_images by v2");
     assert_state_matches(&w, "add_images by v2");
@@ -1606,6 +1633,7 @@ pub async fn concurrent_writes_to_different_products(store: &dyn CatalogStore) {
                         Some(at(w.product.id, w.product.version)),
                         vec![new_image(50 + i as u32)],
                         &mv,
+                        Quota::UNLIMITED,
                     )
                     .await
             }) as BoxFuture<'_, crate::Result<Written>>
@@ -1708,4 +1736,344 @@ pub async fn drop_other_versions(store: &dyn CatalogStore) {
         p.state.embeddings,
         "dropping again keeps the kept version's embeddings"
     );
+}
+
+// ---- merchants, quotas and keys ---------------------------------------------------------------
+
+fn quota(max_products: i64, max_images: i64) -> Quota {
+    Quota {
+        max_products,
+        max_images,
+    }
+}
+
+/// Quotas hold at the limit, count deletes back, and a refused write changes nothing.
+pub async fn quotas(store: &dyn CatalogStore) {
+    let m = unique("quota");
+    let mv = unique("mv");
+    let q = quota(2, 3);
+    let mut a = new_product(&m, "a", &[]);
+    a.quota = q;
+    store
+        .create_product(a, vec![new_image(1), new_image(2)], &mv)
+        .await
+        .expect("first product within quota");
+    let mut b = new_product(&m, "b", &[]);
+    b.quota = q;
+    let err = store
+        .create_product(b.clone(), vec![new_image(3), new_image(4)], &mv)
+        .await
+        .expect_err("4 images > 3");
+    assert!(
+        matches!(&err, StoreError::QuotaExceeded { what: "images", limit: 3, merchant } if *merchant == m),
+        "images quota, got {err:?}"
+    );
+    assert!(
+        matches!(
+            store.get_product(&m, "b").await,
+            Err(StoreError::ProductNotFound { .. })
+        ),
+        "a refused create leaves no product"
+    );
+    store
+        .create_product(b, vec![new_image(5)], &mv)
+        .await
+        .expect("second product, third image");
+    let mut c = new_product(&m, "c", &[]);
+    c.quota = q;
+    let err = store
+        .create_product(c.clone(), vec![], &mv)
+        .await
+        .expect_err("3 products > 2");
+    assert!(
+        matches!(
+            &err,
+            StoreError::QuotaExceeded {
+                what: "products",
+                limit: 2,
+                ..
+            }
+        ),
+        "products quota, got {err:?}"
+    );
+    let err = store
+        .add_images(&m, "a", None, vec![new_image(6)], &mv, q)
+        .await
+        .expect_err("a fourth image");
+    assert!(matches!(
+        err,
+        StoreError::QuotaExceeded { what: "images", .. }
+    ));
+    assert_eq!(
+        store.get_product(&m, "a").await.unwrap().version,
+        1,
+        "nothing changed"
+    );
+    let rec = store
+        .access()
+        .get_merchant(&m)
+        .await
+        .unwrap()
+        .expect("registered");
+    assert_eq!((rec.products, rec.images), (2, 3), "counters at the limit");
+    store.delete_product(&m, "a", None).await.unwrap();
+    let rec = store.access().get_merchant(&m).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.products, rec.images),
+        (1, 1),
+        "a delete gives both back"
+    );
+    store
+        .create_product(c, vec![new_image(7), new_image(8)], &mv)
+        .await
+        .expect("room again after the delete");
+}
+
+/// A merchant's own limits win over the defaults; `None` falls back to them.
+pub async fn merchant_overrides(store: &dyn CatalogStore) {
+    let m = unique("override");
+    let mv = unique("mv");
+    assert!(store.access().get_merchant(&m).await.unwrap().is_none());
+    let rec = store
+        .access()
+        .put_merchant(
+            &m,
+            MerchantSettings {
+                max_products: Some(1),
+                max_images: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            rec.name.as_str(),
+            rec.products,
+            rec.max_products,
+            rec.max_images
+        ),
+        (m.as_str(), 0, Some(1), None)
+    );
+    let mut a = new_product(&m, "a", &[]);
+    a.quota = Quota::UNLIMITED;
+    store
+        .create_product(a, vec![new_image(1)], &mv)
+        .await
+        .unwrap();
+    let mut b = new_product(&m, "b", &[]);
+    b.quota = Quota::UNLIMITED;
+    let err = store
+        .create_product(b.clone(), vec![], &mv)
+        .await
+        .expect_err("override 1");
+    assert!(matches!(
+        err,
+        StoreError::QuotaExceeded {
+            what: "products",
+            limit: 1,
+            ..
+        }
+    ));
+    store
+        .access()
+        .put_merchant(&m, MerchantSettings::default())
+        .await
+        .unwrap();
+    store
+        .create_product(b, vec![], &mv)
+        .await
+        .expect("defaults again");
+    let listed = store.access().list_merchants().await.unwrap();
+    let mine = listed.iter().find(|r| r.name == m).expect("listed");
+    assert_eq!(
+        (mine.products, mine.images, mine.max_products),
+        (2, 1, None)
+    );
+}
+
+/// Concurrent creates never take a merchant past its quota.
+pub async fn concurrent_quota(store: &dyn CatalogStore) {
+    let m = unique("race");
+    let mv = unique("mv");
+    let q = quota(3, 100);
+    let results = join_all(
+        (0..8)
+            .map(|i| {
+                let (m, mv) = (m.clone(), mv.clone());
+                Box::pin(async move {
+                    let mut p = new_product(&m, &format!("p{i}"), &[]);
+                    p.quota = q;
+                    store.create_product(p, vec![new_image(i)], &mv).await
+                }) as BoxFuture<'_, crate::Result<Written>>
+            })
+            .collect(),
+    )
+    .await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 3, "exactly the quota succeeds: {results:?}");
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(
+            e,
+            StoreError::QuotaExceeded {
+                what: "products",
+                ..
+            }
+        )));
+    let rec = store.access().get_merchant(&m).await.unwrap().unwrap();
+    assert_eq!((rec.products, rec.images), (3, 3));
+}
+
+fn new_key(kind: KeyKind, merchant: Option<&str>) -> NewKey {
+    NewKey {
+        kind,
+        hash: unique("hash"),
+        prefix: "sk_test_".into(),
+        label: unique("label"),
+        merchant: merchant.map(str::to_owned),
+        merchants: merchant.map(|m| vec![m.to_owned()]),
+        origins: vec!["https://shop.example".into()],
+        rate_limits: Some(serde_json::json!({"search": {"per_second": 5.0, "burst": 10}})),
+        expires_at: None,
+    }
+}
+
+/// Keys round-trip, are found by hash, listed by owner, revoked at once and expire.
+pub async fn keys(store: &dyn CatalogStore) {
+    let access = store.access();
+    let m = unique("keys");
+    let now = 1_000_000;
+    let k = new_key(KeyKind::Search, Some(&m));
+    let rec = access.create_key(k.clone()).await.unwrap();
+    assert_eq!(
+        (
+            rec.kind,
+            &rec.hash,
+            &rec.merchant,
+            &rec.merchants,
+            &rec.origins,
+            &rec.rate_limits
+        ),
+        (
+            k.kind,
+            &k.hash,
+            &k.merchant,
+            &k.merchants,
+            &k.origins,
+            &k.rate_limits
+        )
+    );
+    assert!(rec.is_active(now) && rec.revoked_at.is_none() && rec.last_used_at.is_none());
+    assert!(
+        access.get_merchant(&m).await.unwrap().is_some(),
+        "a key registers its merchant"
+    );
+    assert!(
+        matches!(
+            access.create_key(k.clone()).await,
+            Err(StoreError::KeyExists)
+        ),
+        "a hash is stored once"
+    );
+    assert_eq!(
+        access.key_by_hash(&k.hash).await.unwrap().as_ref(),
+        Some(&rec)
+    );
+    assert_eq!(access.get_key(rec.id).await.unwrap(), rec);
+    assert!(access
+        .key_by_hash(&unique("nohash"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        access.get_key(-1).await,
+        Err(StoreError::KeyNotFound(-1))
+    ));
+
+    let mut unlimited = new_key(KeyKind::Merchant, Some(&m));
+    unlimited.merchants = None;
+    unlimited.rate_limits = None;
+    unlimited.expires_at = Some(now + 10);
+    let second = access.create_key(unlimited).await.unwrap();
+    assert_eq!(
+        (second.merchants.clone(), second.rate_limits.clone()),
+        (None, None)
+    );
+    assert!(
+        second.is_active(now) && !second.is_active(now + 10),
+        "expires at expires_at"
+    );
+
+    let mine = |q: KeyQuery, at: i64| async move {
+        access
+            .list_keys(q, at)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    let by_m = KeyQuery {
+        merchant: Some(m.clone()),
+        ..KeyQuery::default()
+    };
+    assert_eq!(
+        mine(by_m.clone(), now).await,
+        vec![second.id, rec.id],
+        "newest first"
+    );
+    assert_eq!(
+        mine(by_m.clone(), now + 10).await,
+        vec![rec.id],
+        "expired keys hidden"
+    );
+    let merchant_kind = KeyQuery {
+        kind: Some(KeyKind::Merchant),
+        include_inactive: true,
+        ..by_m.clone()
+    };
+    assert_eq!(mine(merchant_kind, now + 10).await, vec![second.id]);
+
+    access.touch_key(rec.id, now + 1).await.unwrap();
+    assert_eq!(
+        access.get_key(rec.id).await.unwrap().last_used_at,
+        Some(now + 1)
+    );
+    let revoked = access.revoke_key(rec.id, now + 2).await.unwrap();
+    assert_eq!(revoked.revoked_at, Some(now + 2));
+    assert!(!revoked.is_active(now + 2));
+    let again = access.revoke_key(rec.id, now + 3).await.unwrap();
+    assert_eq!(
+        again.revoked_at,
+        Some(now + 2),
+        "the first revocation stays"
+    );
+    assert!(!access
+        .key_by_hash(&k.hash)
+        .await
+        .unwrap()
+        .unwrap()
+        .is_active(now));
+    assert_eq!(
+        mine(by_m.clone(), now).await,
+        vec![second.id],
+        "revoked keys hidden"
+    );
+    let all = KeyQuery {
+        include_inactive: true,
+        ..by_m
+    };
+    assert_eq!(mine(all, now).await, vec![second.id, rec.id]);
+    assert!(matches!(
+        access.revoke_key(-1, now).await,
+        Err(StoreError::KeyNotFound(-1))
+    ));
+
+    let admin = access
+        .create_key(new_key(KeyKind::Admin, None))
+        .await
+        .unwrap();
+    assert!(access.has_active_admin(now).await.unwrap());
+    assert_eq!(admin.merchant, None);
 }

@@ -21,6 +21,20 @@ pub enum StoreError {
         expected: i64,
         actual: i64,
     },
+    /// The write would take the merchant past its quota of `what` (`products` or `images`);
+    /// nothing was changed.
+    #[error("merchant `{merchant}` would exceed its quota of {limit} {what}")]
+    QuotaExceeded {
+        merchant: String,
+        what: &'static str,
+        limit: i64,
+    },
+    /// No API key with this id.
+    #[error("no key with id {0}")]
+    KeyNotFound(i64),
+    /// A key whose hash is already stored (a token given twice, e.g. the bootstrap key).
+    #[error("a key with this token already exists")]
+    KeyExists,
     /// [`crate::open`] was given a URL no backend handles.
     #[error("unsupported database URL `{0}` (expected sqlite://PATH or postgres://...)")]
     UnsupportedUrl(String),

@@ -6,6 +6,7 @@
 //! what it committed. Backends are selected by URL ([`open`]); each one passes the same contract
 //! suite ([`contract`]). This crate must never hold image bytes, call a model or know about HTTP.
 
+pub mod access;
 mod assemble;
 pub mod contract;
 mod error;
@@ -16,6 +17,7 @@ mod types;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+pub use access::AccessStore;
 pub use error::{Result, StoreError};
 pub use types::*;
 
@@ -40,6 +42,9 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     /// Closes the pool; later calls fail.
     async fn close(&self);
+
+    /// Merchants and API keys, in the same database.
+    fn access(&self) -> &dyn AccessStore;
 
     // ---- reads -----------------------------------------------------------------------------
 
@@ -72,7 +77,9 @@ pub trait CatalogStore: Send + Sync + 'static {
     // ---- writes ----------------------------------------------------------------------------
 
     /// Inserts a product at version 1 with its tags, images and their embeddings by
-    /// `model_version`. [`StoreError::ProductExists`] if the merchant already has `external_id`.
+    /// `model_version`. [`StoreError::ProductExists`] if the merchant already has `external_id`;
+    /// [`StoreError::QuotaExceeded`] if the product or its images take the merchant past
+    /// `product.quota` (its own overrides first). Merchants are registered on first use.
     async fn create_product(
         &self,
         product: NewProduct,
@@ -80,7 +87,8 @@ pub trait CatalogStore: Send + Sync + 'static {
         model_version: &str,
     ) -> Result<Written>;
 
-    /// Adds images (with embeddings by `model_version`) to an existing product.
+    /// Adds images (with embeddings by `model_version`) to an existing product, unless that
+    /// takes its merchant past `quota` ([`StoreError::QuotaExceeded`]).
     async fn add_images(
         &self,
         merchant: &str,
@@ -88,6 +96,7 @@ pub trait CatalogStore: Send + Sync + 'static {
         expect: Option<Expect>,
         images: Vec<NewImage>,
         model_version: &str,
+        quota: Quota,
     ) -> Result<Written>;
 
     /// Changes fields and tags, and replaces embeddings. Each image in `update.embeddings` loses

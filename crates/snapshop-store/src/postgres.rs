@@ -27,10 +27,11 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
+use crate::access;
 use crate::assemble;
 use crate::{
     blob_to_vector, vector_to_blob, CatalogStore, Counts, Deleted, Expect, ImageRecord,
-    NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState, ProductUpdate, Result,
+    NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState, ProductUpdate, Quota, Result,
     StaleImage, StoreError, StoredEmbedding, Written,
 };
 
@@ -399,6 +400,10 @@ impl CatalogStore for PostgresStore {
         self.pool.close().await;
     }
 
+    fn access(&self) -> &dyn crate::AccessStore {
+        self
+    }
+
     async fn get_product(&self, merchant: &str, external_id: &str) -> Result<ProductRecord> {
         let mut tx = self.read_tx().await?;
         let (id, _) = locate(&mut tx, merchant, external_id).await?;
@@ -564,6 +569,14 @@ impl CatalogStore for PostgresStore {
             }
             Err(e) => return Err(e.into()),
         };
+        take_quota(
+            &mut tx,
+            merchant_id,
+            product_id,
+            images.len(),
+            product.quota,
+        )
+        .await?;
         replace_tags(&mut tx, product_id, &product.tags).await?;
         insert_images(&mut tx, product_id, &images, model_version, now).await?;
         let out = written(&mut tx, product_id, model_version).await?;
@@ -578,10 +591,12 @@ impl CatalogStore for PostgresStore {
         expect: Option<Expect>,
         images: Vec<NewImage>,
         model_version: &str,
+        quota: Quota,
     ) -> Result<Written> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         let (product_id, version) = lock_for_write(&mut tx, merchant, external_id, expect).await?;
+        take_images(&mut tx, product_id, images.len(), quota).await?;
         insert_images(&mut tx, product_id, &images, model_version, now).await?;
         bump(&mut tx, product_id, version, now).await?;
         let out = written(&mut tx, product_id, model_version).await?;
@@ -653,6 +668,11 @@ impl CatalogStore for PostgresStore {
         let mut tx = self.write_tx().await?;
         let (product_id, _) = lock_for_write(&mut tx, merchant, external_id, expect).await?;
         let product = load_product(&mut tx, product_id).await?;
+        sqlx::query(access::RELEASE_PRODUCT)
+            .bind(product_id)
+            .bind(product.images.len() as i64)
+            .execute(&mut *tx)
+            .await?;
         // Explicit deletes, children first, as in the SQLite backend (ON DELETE CASCADE would do
         // the same here).
         sqlx::query(
@@ -745,6 +765,62 @@ impl CatalogStore for PostgresStore {
         }
     }
 }
+
+// ---- quotas (statements in `access`) -----------------------------------------------------------
+
+/// Counts a new product and its `images` against its merchant's quotas, or fails the write.
+async fn take_quota(
+    conn: &mut PgConnection,
+    merchant_id: i64,
+    product_id: i64,
+    images: usize,
+    quota: Quota,
+) -> Result<()> {
+    let (max_products, _) = access::limits(quota);
+    let taken = sqlx::query(access::TAKE_PRODUCT)
+        .bind(merchant_id)
+        .bind(max_products)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if taken.is_none() {
+        let (name, limit): (String, i64) = sqlx::query_as(access::PRODUCT_LIMIT)
+            .bind(merchant_id)
+            .bind(max_products)
+            .fetch_one(&mut *conn)
+            .await?;
+        return Err(access::products_exceeded(&name, limit));
+    }
+    take_images(conn, product_id, images, quota).await
+}
+
+/// Counts `n` more images of a product against its merchant's quota, or fails the write.
+async fn take_images(
+    conn: &mut PgConnection,
+    product_id: i64,
+    n: usize,
+    quota: Quota,
+) -> Result<()> {
+    let (max_products, max_images) = access::limits(quota);
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    let taken = sqlx::query(access::TAKE_IMAGES)
+        .bind(product_id)
+        .bind(n)
+        .bind(max_images)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if taken.is_none() {
+        let (name, _, limit): (String, i64, i64) = sqlx::query_as(access::LIMITS_OF_PRODUCT)
+            .bind(product_id)
+            .bind(max_products)
+            .bind(max_images)
+            .fetch_one(&mut *conn)
+            .await?;
+        return Err(access::images_exceeded(name, limit));
+    }
+    Ok(())
+}
+
+access::impl_access_store!(PostgresStore, sqlx::Postgres);
 
 #[cfg(test)]
 mod tests {
@@ -910,6 +986,10 @@ mod tests {
         counts,
         concurrent_compare_and_set,
         concurrent_writes_to_different_products,
+        quotas,
+        merchant_overrides,
+        concurrent_quota,
+        keys,
         drop_other_versions,
     );
 
@@ -1005,6 +1085,8 @@ mod tests {
                 "product_tags_by_tag",
                 "product_tags_pkey",
                 "merchants_name_key",
+                "api_keys_hash_key",
+                "api_keys_by_merchant",
             ] {
                 assert!(indexes.iter().any(|i| i == want), "{want} in {indexes:?}");
             }
@@ -1018,7 +1100,7 @@ mod tests {
             .unwrap();
             assert_eq!(
                 identities,
-                ["embeddings", "images", "merchants", "products"]
+                ["api_keys", "embeddings", "images", "merchants", "products"]
             );
             let version: (String, Option<String>) = sqlx::query_as(
                 "SELECT data_type::text, column_default::text FROM information_schema.columns \
@@ -1033,11 +1115,16 @@ mod tests {
                     .fetch_all(&s.pool)
                     .await
                     .unwrap();
-            assert_eq!(
-                applied,
-                [20261127000001, 20261201000001, 20261201000002],
-                "the same version numbers as migrations/sqlite/"
-            );
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations/sqlite");
+            let mut sqlite: Vec<i64> = std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| {
+                    let name = e.unwrap().file_name().into_string().unwrap();
+                    name.split('_').next()?.parse().ok()
+                })
+                .collect();
+            sqlite.sort();
+            assert_eq!(applied, sqlite, "the same version numbers as migrations/sqlite/");
         })
         .await;
     }
@@ -1058,6 +1145,7 @@ mod tests {
                         title: "t".into(),
                         attributes: serde_json::json!({}),
                         tags: tags.clone(),
+                        quota: Quota::UNLIMITED,
                     },
                     vec![],
                     "v1",

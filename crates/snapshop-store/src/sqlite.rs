@@ -20,10 +20,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
+use crate::access;
 use crate::assemble;
 use crate::{
     blob_to_vector, vector_to_blob, CatalogStore, Counts, Deleted, Expect, ImageRecord,
-    NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState, ProductUpdate, Result,
+    NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState, ProductUpdate, Quota, Result,
     StaleImage, StoreError, StoredEmbedding, Written,
 };
 
@@ -359,6 +360,10 @@ impl CatalogStore for SqliteStore {
         self.pool.close().await;
     }
 
+    fn access(&self) -> &dyn crate::AccessStore {
+        self
+    }
+
     async fn get_product(&self, merchant: &str, external_id: &str) -> Result<ProductRecord> {
         let mut tx = self.read_tx().await?;
         let (id, _) = locate(&mut tx, merchant, external_id).await?;
@@ -521,6 +526,14 @@ impl CatalogStore for SqliteStore {
             }
             Err(e) => return Err(e.into()),
         };
+        take_quota(
+            &mut tx,
+            merchant_id,
+            product_id,
+            images.len(),
+            product.quota,
+        )
+        .await?;
         replace_tags(&mut tx, product_id, &product.tags).await?;
         insert_images(&mut tx, product_id, &images, model_version, now).await?;
         let out = written(&mut tx, product_id, model_version).await?;
@@ -535,10 +548,12 @@ impl CatalogStore for SqliteStore {
         expect: Option<Expect>,
         images: Vec<NewImage>,
         model_version: &str,
+        quota: Quota,
     ) -> Result<Written> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         let product_id = locate_for_write(&mut tx, merchant, external_id, expect).await?;
+        take_images(&mut tx, product_id, images.len(), quota).await?;
         insert_images(&mut tx, product_id, &images, model_version, now).await?;
         bump(&mut tx, product_id, now).await?;
         let out = written(&mut tx, product_id, model_version).await?;
@@ -607,6 +622,11 @@ impl CatalogStore for SqliteStore {
         let mut tx = self.write_tx().await?;
         let product_id = locate_for_write(&mut tx, merchant, external_id, expect).await?;
         let product = load_product(&mut tx, product_id).await?;
+        sqlx::query(access::RELEASE_PRODUCT)
+            .bind(product_id)
+            .bind(product.images.len() as i64)
+            .execute(&mut *tx)
+            .await?;
         // Explicit deletes rather than ON DELETE CASCADE alone, so that a connection without
         // foreign keys enabled cannot leave orphans.
         sqlx::query(
@@ -678,6 +698,62 @@ impl CatalogStore for SqliteStore {
     }
 }
 
+// ---- quotas (statements in `access`) -----------------------------------------------------------
+
+/// Counts a new product and its `images` against its merchant's quotas, or fails the write.
+async fn take_quota(
+    conn: &mut SqliteConnection,
+    merchant_id: i64,
+    product_id: i64,
+    images: usize,
+    quota: Quota,
+) -> Result<()> {
+    let (max_products, _) = access::limits(quota);
+    let taken = sqlx::query(access::TAKE_PRODUCT)
+        .bind(merchant_id)
+        .bind(max_products)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if taken.is_none() {
+        let (name, limit): (String, i64) = sqlx::query_as(access::PRODUCT_LIMIT)
+            .bind(merchant_id)
+            .bind(max_products)
+            .fetch_one(&mut *conn)
+            .await?;
+        return Err(access::products_exceeded(&name, limit));
+    }
+    take_images(conn, product_id, images, quota).await
+}
+
+/// Counts `n` more images of a product against its merchant's quota, or fails the write.
+async fn take_images(
+    conn: &mut SqliteConnection,
+    product_id: i64,
+    n: usize,
+    quota: Quota,
+) -> Result<()> {
+    let (max_products, max_images) = access::limits(quota);
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    let taken = sqlx::query(access::TAKE_IMAGES)
+        .bind(product_id)
+        .bind(n)
+        .bind(max_images)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if taken.is_none() {
+        let (name, _, limit): (String, i64, i64) = sqlx::query_as(access::LIMITS_OF_PRODUCT)
+            .bind(product_id)
+            .bind(max_products)
+            .bind(max_images)
+            .fetch_one(&mut *conn)
+            .await?;
+        return Err(access::images_exceeded(name, limit));
+    }
+    Ok(())
+}
+
+access::impl_access_store!(SqliteStore, sqlx::Sqlite);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -708,6 +784,7 @@ mod tests {
             title: "t".into(),
             attributes: serde_json::json!({"price": 10}),
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            quota: Quota::UNLIMITED,
         }
     }
 
@@ -755,6 +832,10 @@ mod tests {
         counts,
         concurrent_compare_and_set,
         concurrent_writes_to_different_products,
+        quotas,
+        merchant_overrides,
+        concurrent_quota,
+        keys,
         drop_other_versions,
     );
 

@@ -53,6 +53,8 @@ pub struct NewProduct {
     pub attributes: serde_json::Value,
     /// Normalised (trimmed, sorted, deduplicated) by the caller.
     pub tags: Vec<String>,
+    /// Checked with the images, atomically with the insert.
+    pub quota: Quota,
 }
 
 /// An image to insert, with its embedding by the write's model version.
@@ -142,4 +144,130 @@ pub struct Counts {
     pub products: u64,
     pub images: u64,
     pub embeddings: u64,
+}
+
+// ---- merchants and quotas ---------------------------------------------------------------------
+
+/// The catalogue-size limits a write checks, atomically with the write: a merchant's own
+/// overrides ([`MerchantRecord::max_products`], [`MerchantRecord::max_images`]) win over these
+/// defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub max_products: i64,
+    pub max_images: i64,
+}
+
+impl Quota {
+    /// No limit a catalogue can reach.
+    pub const UNLIMITED: Quota = Quota {
+        max_products: i64::MAX,
+        max_images: i64::MAX,
+    };
+}
+
+/// A merchant, with its counters (kept by every write, in the write's transaction) and its
+/// quota overrides (`None`: the service's defaults).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MerchantRecord {
+    pub name: String,
+    pub created_at: i64,
+    pub products: i64,
+    pub images: i64,
+    pub max_products: Option<i64>,
+    pub max_images: Option<i64>,
+}
+
+/// A merchant's quota overrides; `None` means the service's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MerchantSettings {
+    pub max_products: Option<i64>,
+    pub max_images: Option<i64>,
+}
+
+// ---- API keys ---------------------------------------------------------------------------------
+
+/// What a key may do. See the service's `auth` module for the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    Admin,
+    Merchant,
+    Search,
+}
+
+impl KeyKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Admin => "admin",
+            KeyKind::Merchant => "merchant",
+            KeyKind::Search => "search",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyKind> {
+        match s {
+            "admin" => Some(KeyKind::Admin),
+            "merchant" => Some(KeyKind::Merchant),
+            "search" => Some(KeyKind::Search),
+            _ => None,
+        }
+    }
+}
+
+/// A key to store. The store never sees the token itself, only its hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewKey {
+    pub kind: KeyKind,
+    /// Lowercase hex SHA-256 of the whole token; unique.
+    pub hash: String,
+    /// The token's first characters, shown in listings (never enough to use it).
+    pub prefix: String,
+    pub label: String,
+    /// The merchant a merchant key acts for, or that owns a search key (it may list and revoke
+    /// it). Creating such a key registers the merchant.
+    pub merchant: Option<String>,
+    /// The merchants a search key may search; `None`: every merchant.
+    pub merchants: Option<Vec<String>>,
+    /// Browser origins a search key may be used from; empty: any.
+    pub origins: Vec<String>,
+    /// Per-key rate-limit overrides, as the service's JSON; the store keeps it opaque.
+    pub rate_limits: Option<serde_json::Value>,
+    /// Milliseconds since the Unix epoch; `None`: never.
+    pub expires_at: Option<i64>,
+}
+
+/// A stored key (without any secret).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct KeyRecord {
+    pub id: i64,
+    pub kind: KeyKind,
+    #[serde(skip)]
+    pub hash: String,
+    pub prefix: String,
+    pub label: String,
+    pub merchant: Option<String>,
+    pub merchants: Option<Vec<String>>,
+    pub origins: Vec<String>,
+    pub rate_limits: Option<serde_json::Value>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+impl KeyRecord {
+    /// Neither revoked nor expired at `now_ms`.
+    pub fn is_active(&self, now_ms: i64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|t| now_ms < t)
+    }
+}
+
+/// Which keys [`crate::KeyStore::list_keys`] returns, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct KeyQuery {
+    /// Only keys owned by this merchant.
+    pub merchant: Option<String>,
+    pub kind: Option<KeyKind>,
+    /// Revoked and expired keys too.
+    pub include_inactive: bool,
 }
