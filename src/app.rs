@@ -90,17 +90,130 @@ impl Application {
         } = self;
         tracing::info!(addr = %listener.local_addr()?, "serving");
         let router = crate::http::router(state.clone());
-        let st = state.clone();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                st.set_ready(false);
-                tracing::info!("shutting down");
-            })
-            .await
-            .context("server error")?;
+        serve(listener, router, &state.config().limits, shutdown).await;
+        state.set_ready(false);
         shutdown_state(&state, background).await
     }
+}
+
+/// The accept loop: hyper's HTTP/1 and HTTP/2 with a header-read timeout, a limit on open
+/// connections, each request tagged with its peer's address (for per-address rate limits), and
+/// a graceful drain at shutdown.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: &crate::config::Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(limits.header_read_timeout_secs));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("snapshop_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                router.clone().oneshot(req)
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down");
+    let grace = Duration::from_secs(limits.shutdown_grace_secs);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "connections still open after the grace period"
+        );
+    }
+}
+
+/// Stores the configured bootstrap admin key when no admin key is active, and warns about
+/// development mode and about a deployment nobody can administer.
+async fn bootstrap_keys(
+    config: &Config,
+    store: &dyn snapshop_store::CatalogStore,
+) -> anyhow::Result<()> {
+    if config.auth.dev_mode {
+        tracing::warn!(
+            "DEVELOPMENT MODE: auth.dev_mode is on, so API keys are not checked and anyone who              can reach the port may read, change and delete every merchant's catalogue; never              run this way where others can connect"
+        );
+        return Ok(());
+    }
+    let now = crate::auth::now_ms();
+    let has_admin = store.access().has_active_admin(now).await?;
+    match (&config.auth.bootstrap_admin_key, has_admin) {
+        (Some(token), false) => {
+            let spec = crate::auth::KeySpec {
+                kind: snapshop_store::KeyKind::Admin,
+                label: "bootstrap (SNAPSHOP_ADMIN_KEY)".into(),
+                merchant: None,
+                merchants: None,
+                origins: vec![],
+                rate_limits: None,
+                expires_at: None,
+            };
+            match crate::auth::store_token(store, spec, token).await {
+                Ok(k) => tracing::info!(key_id = k.id, "bootstrap admin key stored"),
+                // The same token was stored before and has since been revoked or has expired:
+                // it stays so.
+                Err(snapshop_store::StoreError::KeyExists) => tracing::warn!(
+                    "the bootstrap admin key was revoked or has expired; create a new admin key with `snapshop keys create --admin`"
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        (None, false) => tracing::warn!(
+            "no admin key is active: create one with `snapshop keys create --admin`, or start with SNAPSHOP_ADMIN_KEY set"
+        ),
+        (_, true) => {}
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -182,6 +295,7 @@ pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppS
     let store = snapshop_store::open(&url)
         .await
         .with_context(|| format!("cannot open the catalogue store {url}"))?;
+    bootstrap_keys(&config, store.as_ref()).await?;
     let files = crate::files::ImageFiles::new(&config.data_dir);
     let t = Instant::now();
     let n = crate::swap::reembed_stale(store.as_ref(), &files, &model, |_| {}).await?;

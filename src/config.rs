@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "SNAPSHOP_";
 
 /// Variables with the prefix that are not config keys (read by clap or by logging).
-const ENV_NOT_KEYS: &[&str] = &["SNAPSHOP_CONFIG", "SNAPSHOP_LOG"];
+const ENV_NOT_KEYS: &[&str] = &["SNAPSHOP_CONFIG", "SNAPSHOP_LOG", ADMIN_KEY_ENV];
+
+/// The environment variable a bootstrap admin key may come from (`auth.bootstrap_admin_key`).
+pub const ADMIN_KEY_ENV: &str = "SNAPSHOP_ADMIN_KEY";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -79,7 +82,9 @@ pub struct Config {
     /// The ANN index (`snapshop_index::IndexConfig`; `dim` comes from the model).
     pub index: snapshop_index::IndexConfig,
     pub maintenance: Maintenance,
-    pub admin: Admin,
+    pub auth: Auth,
+    pub rate_limits: crate::auth::limit::RateLimits,
+    pub quotas: Quotas,
 }
 
 /// Request and image limits.
@@ -97,8 +102,17 @@ pub struct Limits {
     pub max_side: u32,
     /// Most images in one product upload.
     pub max_images_per_request: usize,
-    /// Whole-request timeout, in seconds (503 `timeout` beyond).
+    /// Whole-request timeout, in seconds (503 `timeout` beyond). It also bounds reading the
+    /// body, so a body trickled byte by byte cannot hold a request open longer.
     pub request_timeout_secs: u64,
+    /// A connection must send a request's complete headers within this many seconds of
+    /// starting it (or of its previous response), or it is closed: slowloris clients cannot
+    /// hold connections.
+    pub header_read_timeout_secs: u64,
+    /// Open connections at most; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Seconds in-flight requests get to finish at shutdown.
+    pub shutdown_grace_secs: u64,
     /// Searches admitted at once; more get 503 `overloaded` at once.
     pub max_concurrent_searches: usize,
 }
@@ -130,13 +144,52 @@ pub struct Maintenance {
     pub file_grace_secs: u64,
 }
 
-/// The admin API (`/v1/admin/...`).
+/// Authentication: API keys, and what is open without one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Admin {
-    /// Bearer token admin calls must present. Unset: the admin API answers 403
-    /// `admin_disabled` (SIGHUP still reloads the bundle).
-    pub token: Option<String>,
+pub struct Auth {
+    /// No keys at all: every request may do everything. For development on a laptop only; the
+    /// server logs a warning at start-up and on every request's span.
+    pub dev_mode: bool,
+    /// An admin key (at least 32 characters) stored at start-up when no admin key is active:
+    /// the way to bootstrap a fresh deployment. Also `SNAPSHOP_ADMIN_KEY`.
+    pub bootstrap_admin_key: Option<String>,
+    /// A bearer token `/metrics` requires. Unset: `/metrics` is open, like `/healthz` and
+    /// `/readyz`.
+    pub metrics_token: Option<String>,
+    /// Take the client address (for the per-address limits of requests without a valid key)
+    /// from the last `X-Forwarded-For` entry. Only behind a proxy that sets it.
+    pub trust_forwarded_for: bool,
+    /// Browser origins every key may be used from (CORS), e.g. `https://shop.example`; `*`
+    /// allows any. A search key's own `allowed_origins` add to these for that key.
+    pub cors_origins: Vec<String>,
+}
+
+/// Default catalogue quotas per merchant (403 `quota_exceeded` beyond); an admin may set a
+/// merchant's own (`PUT /v1/merchants/{merchant}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quotas {
+    pub max_products_per_merchant: i64,
+    pub max_images_per_merchant: i64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            max_products_per_merchant: 1_000_000,
+            max_images_per_merchant: 5_000_000,
+        }
+    }
+}
+
+impl Quotas {
+    pub fn store_quota(&self) -> snapshop_store::Quota {
+        snapshop_store::Quota {
+            max_products: self.max_products_per_merchant,
+            max_images: self.max_images_per_merchant,
+        }
+    }
 }
 
 impl Default for Maintenance {
@@ -165,7 +218,9 @@ impl Default for Config {
             queue: snapshop_inference::QueueConfig::default(),
             index: snapshop_index::IndexConfig::default(),
             maintenance: Maintenance::default(),
-            admin: Admin::default(),
+            auth: Auth::default(),
+            rate_limits: crate::auth::limit::RateLimits::default(),
+            quotas: Quotas::default(),
         }
     }
 }
@@ -179,6 +234,9 @@ impl Default for Limits {
             max_side: 12_000,
             max_images_per_request: 32,
             request_timeout_secs: 60,
+            header_read_timeout_secs: 10,
+            max_connections: 1024,
+            shutdown_grace_secs: 30,
             max_concurrent_searches: 64,
         }
     }
@@ -249,6 +307,11 @@ impl Config {
                 message: e.to_string(),
             })?;
         }
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let admin_key = env
+            .iter()
+            .find(|(k, _)| k == ADMIN_KEY_ENV)
+            .map(|(_, v)| v.clone());
         let mut env: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !ENV_NOT_KEYS.contains(&k.as_str()))
@@ -259,6 +322,9 @@ impl Config {
         }
         let mut config =
             Config::deserialize(value).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(key) = admin_key.filter(|k| !k.is_empty()) {
+            config.auth.bootstrap_admin_key = Some(key);
+        }
         config.apply(overrides);
         config.validate()?;
         Ok(config)
@@ -304,6 +370,12 @@ impl Config {
         if self.limits.max_body_bytes == 0 || self.limits.max_image_bytes == 0 {
             return bad("limits.max_body_bytes and limits.max_image_bytes must be positive");
         }
+        if self.limits.request_timeout_secs == 0
+            || self.limits.header_read_timeout_secs == 0
+            || self.limits.max_connections == 0
+        {
+            return bad("limits.request_timeout_secs, header_read_timeout_secs and max_connections must be positive");
+        }
         if self.limits.max_concurrent_searches == 0 || self.queue.capacity == 0 {
             return bad("limits.max_concurrent_searches and queue.capacity must be positive");
         }
@@ -323,14 +395,20 @@ impl Config {
         if self.maintenance.interval_secs == 0 || self.maintenance.sweep_interval_secs == 0 {
             return bad("maintenance intervals must be positive");
         }
+        self.rate_limits.validate().map_err(ConfigError::Invalid)?;
+        if self.auth.bootstrap_admin_key.as_ref().is_some_and(|k| {
+            k.len() < crate::auth::MIN_BOOTSTRAP_LEN || k.contains(char::is_whitespace)
+        }) {
+            return bad("auth.bootstrap_admin_key (SNAPSHOP_ADMIN_KEY) must be at least 32 characters, without spaces");
+        }
+        if self.quotas.max_products_per_merchant < 0 || self.quotas.max_images_per_merchant < 0 {
+            return bad("quotas must not be negative");
+        }
         if let Some(url) = &self.database_url {
             let known = ["sqlite:", "postgres://", "postgresql://"];
             if !known.iter().any(|scheme| url.starts_with(scheme)) {
                 return bad("database_url must be sqlite://PATH or postgres://USER@HOST:PORT/DB");
             }
-        }
-        if self.admin.token.as_deref().is_some_and(|t| t.len() < 16) {
-            return bad("admin.token must be at least 16 characters");
         }
         Ok(())
     }

@@ -7,15 +7,18 @@
 //! switch or a view repair, so writes to different products never wait on each other. Nothing
 //! here knows about HTTP.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use snapshop_inference::ImageLimits;
-use snapshop_store::CatalogStore;
+use snapshop_store::{CatalogStore, KeyKind, KeyQuery};
 use tokio::sync::{Notify, OwnedSemaphorePermit, RwLock, RwLockReadGuard, Semaphore};
 
+use crate::auth::limit::RateLimiter;
+use crate::auth::{now_ms, Authenticator};
 use crate::config::Config;
 use crate::files::ImageFiles;
 use crate::model::{Model, ModelLoader};
@@ -42,7 +45,15 @@ pub struct Core {
     /// Wakes the background task (a dirty view to repair, shutdown).
     wake: Notify,
     ready: AtomicBool,
+    authenticator: Authenticator,
+    rate_limiter: RateLimiter,
+    /// The browser origins active search keys allow, refreshed every [`ORIGINS_TTL`] (CORS
+    /// preflights only; the real request checks its own key).
+    key_origins: Mutex<Option<(Instant, HashSet<String>)>>,
 }
+
+/// How long the cached set of search-key origins is used.
+const ORIGINS_TTL: Duration = Duration::from_secs(5);
 
 /// Shared by every handler.
 pub type AppState = Arc<Core>;
@@ -62,15 +73,59 @@ impl Core {
         Self {
             files: ImageFiles::new(&config.data_dir),
             search_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_searches)),
-            config,
-            store,
             serving: ArcSwap::from_pointee(serving),
             loader,
             write_gate: Arc::new(RwLock::new(())),
             swap: Mutex::new(SwapStatus::Idle),
             wake: Notify::new(),
             ready: AtomicBool::new(false),
+            authenticator: Authenticator::new(store.clone(), config.auth.dev_mode),
+            rate_limiter: RateLimiter::new(config.rate_limits.clone()),
+            key_origins: Mutex::new(None),
+            config,
+            store,
         }
+    }
+
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.authenticator
+    }
+
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.rate_limiter
+    }
+
+    /// Whether some active search key allows browser origin `origin`.
+    pub async fn origin_of_some_key(&self, origin: &str) -> bool {
+        let cached = {
+            let guard = self.key_origins.lock().unwrap_or_else(|e| e.into_inner());
+            guard
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < ORIGINS_TTL)
+                .map(|(_, set)| set.contains(origin))
+        };
+        if let Some(hit) = cached {
+            return hit;
+        }
+        let query = KeyQuery {
+            kind: Some(KeyKind::Search),
+            ..KeyQuery::default()
+        };
+        let set: HashSet<String> = match self.store.access().list_keys(query, now_ms()).await {
+            Ok(keys) => keys.into_iter().flat_map(|k| k.origins).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list search keys for a CORS preflight");
+                return false;
+            }
+        };
+        let hit = set.contains(origin);
+        *self.key_origins.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), set));
+        hit
+    }
+
+    /// Forgets the cached search-key origins (after a key is created or revoked here).
+    pub fn forget_key_origins(&self) {
+        *self.key_origins.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     pub fn config(&self) -> &Config {

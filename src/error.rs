@@ -40,15 +40,19 @@ error_codes! {
     MalformedJson = "malformed_json", 400, "a JSON body or JSON part is not valid JSON";
     InvalidRequest = "invalid_request", 400, "a bad query parameter, header, cursor or multipart body";
     InvalidFilter = "invalid_filter", 400, "the tag filter cannot be parsed";
-    Unauthorized = "unauthorized", 401, "an admin call without the right bearer token";
-    AdminDisabled = "admin_disabled", 403, "an admin call while no admin token is configured";
+    Unauthenticated = "unauthenticated", 401, "no API key, or one that is unknown, revoked or expired (with `WWW-Authenticate`)";
+    Forbidden = "forbidden", 403, "a valid key outside its scope: another merchant, a kind that may not call this route, or an origin the key does not allow";
+    QuotaExceeded = "quota_exceeded", 403, "the write would take the merchant past its product or image quota";
     ProductNotFound = "product_not_found", 404, "no product with this id for this merchant";
+    MerchantNotFound = "merchant_not_found", 404, "no merchant with this id";
+    KeyNotFound = "key_not_found", 404, "no API key with this id that the caller may see";
     RouteNotFound = "route_not_found", 404, "no such route";
     MethodNotAllowed = "method_not_allowed", 405, "the route exists, the method does not";
     ProductExists = "product_exists", 409, "the merchant already has a product with this id";
     SwapInProgress = "swap_in_progress", 409, "a model swap is already running";
     SameModelVersion = "same_model_version", 409, "the bundle's model version is the one serving";
     VersionConflict = "version_conflict", 412, "If-Match names a version the product is no longer at";
+    RateLimited = "rate_limited", 429, "the key (or, without one, the client address) is over its rate limit; see `Retry-After`";
     PayloadTooLarge = "payload_too_large", 413, "the body or an image file is larger than allowed";
     ImageTooLarge = "image_too_large", 413, "the image has more pixels or a longer side than allowed";
     UnsupportedMediaType = "unsupported_media_type", 415, "a content type or image format that is not accepted";
@@ -86,6 +90,10 @@ impl Coded for snapshop_store::StoreError {
             E::ProductExists { .. } => ErrorCode::ProductExists,
             E::ProductNotFound { .. } => ErrorCode::ProductNotFound,
             E::VersionConflict { .. } => ErrorCode::VersionConflict,
+            E::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+            E::KeyNotFound(_) => ErrorCode::KeyNotFound,
+            // Tokens are random: a collision means the same token was given twice.
+            E::KeyExists => ErrorCode::InvalidField,
             E::UnsupportedUrl(_) | E::Corrupt(_) | E::Db(_) | E::Migrate(_) => ErrorCode::Internal,
         }
     }

@@ -6,6 +6,7 @@
 //! postings) → the store (`snapshop-store`) and `files`. See `docs/architecture.md`.
 
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod core;

@@ -1,4 +1,5 @@
-//! The `snapshop` command line: `serve`, `eval` and `bench`. Thin: parsing and logging only.
+//! The `snapshop` command line: `serve`, `keys`, `eval` and `bench`. Thin: parsing and logging
+//! only.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,13 @@ enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Create, list and revoke API keys, directly in the store (also while the server runs).
+    Keys {
+        #[command(flatten)]
+        overrides: Overrides,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Measure P@K through the real ingest and search code on a labelled CSV manifest.
     Eval {
         #[command(flatten)]
@@ -93,6 +101,133 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key and print its token on stdout (the only time it is shown).
+    ///
+    /// `--admin`; or `--merchant M` (a merchant key); or `--search` with any number of
+    /// `--merchant M` (a search key limited to them; none: every merchant).
+    Create {
+        /// An admin key.
+        #[arg(long, conflicts_with = "search")]
+        admin: bool,
+        /// A search (publishable) key.
+        #[arg(long)]
+        search: bool,
+        /// The merchant of a merchant key, or the merchants a search key may search.
+        #[arg(long = "merchant", conflicts_with = "admin")]
+        merchants: Vec<String>,
+        /// Browser origins a search key may be used from (repeat for several).
+        #[arg(long = "origin", requires = "search")]
+        origins: Vec<String>,
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Days until the key expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+    },
+    /// List keys (prefix, kind, label, merchant, state); never their tokens.
+    List {
+        /// Revoked and expired keys too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a key by id, effective at once.
+    Revoke { id: i64 },
+}
+
+/// `snapshop keys ...`.
+async fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
+    use snapshop::auth::{mint, now_ms, KeySpec};
+    use snapshop_store::{KeyKind, KeyQuery};
+
+    let url = config.database_url();
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = snapshop_store::open(&url).await?;
+    match action {
+        KeysAction::Create {
+            admin,
+            search,
+            merchants,
+            origins,
+            label,
+            expires_in_days,
+        } => {
+            for m in &merchants {
+                snapshop::ids::Merchant::parse(m)
+                    .map_err(|e| anyhow::anyhow!("--merchant {m}: {e}"))?;
+            }
+            let (kind, merchant, scope) = match (admin, search, merchants.as_slice()) {
+                (true, _, _) => (KeyKind::Admin, None, None),
+                (_, true, []) => (KeyKind::Search, None, None),
+                (_, true, [one]) => (KeyKind::Search, Some(one.clone()), Some(merchants.clone())),
+                (_, true, _) => (KeyKind::Search, None, Some(merchants.clone())),
+                (false, false, [one]) => (KeyKind::Merchant, Some(one.clone()), None),
+                (false, false, _) => anyhow::bail!(
+                    "say which key: --admin, --merchant M (one), or --search [--merchant M]..."
+                ),
+            };
+            let spec = KeySpec {
+                kind,
+                label,
+                merchant,
+                merchants: scope,
+                origins,
+                rate_limits: None,
+                expires_at: expires_in_days.map(|d| now_ms() + (d as i64) * 86_400_000),
+            };
+            let (record, token) = mint(store.as_ref(), spec).await?;
+            eprintln!(
+                "created {} key {} ({}…); store it now, it is not shown again:",
+                record.kind.as_str(),
+                record.id,
+                record.prefix
+            );
+            println!("{token}");
+        }
+        KeysAction::List { all } => {
+            let query = KeyQuery {
+                include_inactive: all,
+                ..KeyQuery::default()
+            };
+            let now = now_ms();
+            println!(
+                "{:>5}  {:<8}  {:<18}  {:<8}  {:<20}  label",
+                "id", "kind", "prefix", "state", "merchant"
+            );
+            for k in store.access().list_keys(query, now).await? {
+                let state = if k.revoked_at.is_some() {
+                    "revoked"
+                } else if !k.is_active(now) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                let scope = match (&k.merchant, &k.merchants) {
+                    (_, Some(ms)) if ms.len() > 1 => ms.join(","),
+                    (Some(m), _) => m.clone(),
+                    (None, _) => "*".into(),
+                };
+                println!(
+                    "{:>5}  {:<8}  {:<18}  {:<8}  {:<20}  {}",
+                    k.id,
+                    k.kind.as_str(),
+                    format!("{}…", k.prefix),
+                    state,
+                    scope,
+                    k.label
+                );
+            }
+        }
+        KeysAction::Revoke { id } => {
+            let k = store.access().revoke_key(id, now_ms()).await?;
+            eprintln!("revoked {} key {} ({}…)", k.kind.as_str(), k.id, k.prefix);
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
 fn parse_unit(s: &str) -> Result<Grouping, String> {
     match s {
         "image" => Ok(Grouping::Image),
@@ -124,6 +259,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = match &cli.command {
         Command::Serve { overrides }
+        | Command::Keys { overrides, .. }
         | Command::Eval { overrides, .. }
         | Command::Bench { overrides, .. } => overrides,
     };
@@ -148,6 +284,7 @@ fn main() -> ExitCode {
                 let app = snapshop::Application::build(config).await?;
                 app.run_until(snapshop::app::shutdown_signal()).await
             }
+            Command::Keys { action, .. } => keys(&config, action).await,
             Command::Eval {
                 data,
                 k,

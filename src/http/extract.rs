@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
+use super::auth::{forbidden, Caller};
 use super::error::ApiError;
 use crate::error::ErrorCode;
 use crate::ids::{ETag, Merchant};
@@ -28,12 +29,32 @@ pub struct ApiQuery<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
 
-/// The `{merchant}` of the path, parsed once. Authentication will plug in here: a handler that
-/// holds a `Merchant` may act for it.
+/// The `{merchant}` of the path, parsed once, and checked against the caller's key: a handler
+/// that holds a `Merchant` may read and write its catalogue (an admin key, or that merchant's
+/// own merchant key; anything else is 403 `forbidden`, whether the merchant exists or not).
 impl<S: Send + Sync> FromRequestParts<S> for Merchant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Caller(principal) = Caller::from_request_parts(parts, state).await?;
+        let merchant = merchant_of_path(parts, state).await?;
+        if principal.may_manage(merchant.as_str()) {
+            Ok(merchant)
+        } else {
+            Err(forbidden(format!(
+                "this key may not act for merchant `{}`",
+                merchant.as_str()
+            )))
+        }
+    }
+}
+
+/// The `{merchant}` path parameter, parsed, without any authorisation.
+async fn merchant_of_path<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+) -> Result<Merchant, ApiError> {
+    {
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;

@@ -4,8 +4,12 @@
 //! to the models or the index themselves.
 
 pub mod admin;
+pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod keys;
+pub mod merchants;
+pub mod openapi;
 pub mod ops;
 pub mod products;
 pub mod search;
@@ -14,13 +18,14 @@ pub mod web;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, Uri};
+use axum::http::{header, HeaderName, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 pub use error::ApiError;
@@ -34,17 +39,17 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config().limits.max_body_bytes;
     Router::new()
-        .merge(products::router())
-        .merge(search::router())
-        .merge(ops::router())
-        .merge(admin::router())
-        .merge(web::router())
+        .merge(openapi::router())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside `track`, so that 401s and 429s are counted and timed like any response.
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
             ServiceBuilder::new()
+                // Keys never reach a log line, even at trace level.
+                .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
                     let route = req

@@ -3,35 +3,62 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiError;
+use super::openapi::{errors, IndexStatsSchema, SwapStatusSchema};
 use crate::core::AppState;
 use crate::error::ErrorCode;
 use crate::swap::SwapStatus;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_handler))
-        .route("/v1/tags", get(tags))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics_handler))
+        .routes(routes!(tags))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// The liveness answer.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String, example = "ok")]
+    status: &'static str,
 }
 
-#[derive(Serialize)]
+/// Liveness: 200 while the process serves.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process serves.", body = Health)),
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// The readiness answer.
+#[derive(Serialize, ToSchema)]
 struct Ready {
+    /// Always `ready`.
+    #[schema(value_type = String, example = "ready")]
     status: &'static str,
     model_version: String,
+    /// `cpu` or `cuda`.
+    #[schema(value_type = String, example = "cpu")]
     device: &'static str,
+    /// The store's backend: `sqlite` or `postgres`.
+    #[schema(value_type = String, example = "sqlite")]
     store: &'static str,
+    /// The ANN index: `hnsw`.
+    #[schema(value_type = String, example = "hnsw")]
     ann: &'static str,
+    #[schema(value_type = IndexStatsSchema)]
     index: snapshop_index::IndexStats,
     products: usize,
     /// Moves with every change the search view applies.
@@ -40,9 +67,22 @@ struct Ready {
     view_dirty: bool,
     queue_depth: usize,
     /// The running or last model swap.
+    #[schema(value_type = SwapStatusSchema)]
     model_swap: SwapStatus,
 }
 
+errors!(ReadyErrors: NotReady);
+
+/// Readiness: models, store and index loaded.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready to serve.", body = Ready),
+        ReadyErrors,
+    ),
+)]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     if !state.is_ready() {
         return Err(ApiError::new(
@@ -71,6 +111,15 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> 
     }))
 }
 
+/// Prometheus metrics (all names start with `snapshop_`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    responses((status = 200, description = "The Prometheus text format.",
+        content_type = "text/plain; version=0.0.4", body = String)),
+)]
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     crate::metrics::refresh(&state);
     let handle = crate::metrics::install();
@@ -80,12 +129,31 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn tags(State(state): State<AppState>) -> Json<serde_json::Value> {
+/// The shop model's tag vocabulary.
+#[derive(Serialize, ToSchema)]
+struct Vocabulary {
+    model_version: String,
+    /// The number of tags.
+    count: usize,
+    /// The tags the model knows (`key:value`); others are accepted, see `unknown_to_model`.
+    #[schema(example = json!(["category:coat", "color:red"]))]
+    tags: Vec<String>,
+}
+
+/// The tags the shop model knows (the bundle manifest's vocabulary).
+#[utoipa::path(
+    get,
+    path = "/v1/tags",
+    tag = "vocabulary",
+    operation_id = "list_tags",
+    responses((status = 200, description = "The vocabulary.", body = Vocabulary)),
+)]
+async fn tags(State(state): State<AppState>) -> Json<Vocabulary> {
     let serving = state.serving();
     let vocabulary = serving.model.vocabulary();
-    Json(json!({
-        "model_version": serving.model.version(),
-        "count": vocabulary.len(),
-        "tags": vocabulary,
-    }))
+    Json(Vocabulary {
+        model_version: serving.model.version().to_owned(),
+        count: vocabulary.len(),
+        tags: vocabulary.to_vec(),
+    })
 }

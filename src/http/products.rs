@@ -8,67 +8,80 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, IfMatch, ProductPath, Upload};
+use super::openapi::{errors, ImageFile};
 use crate::core::AppState;
 use crate::error::ErrorCode;
 use crate::ids::{Cursor, Merchant};
 use crate::ingest::{self, etag_of, Ingested, NewProduct, ProductPatch};
 use snapshop_store::ProductRecord;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/merchants/{merchant}/products",
-            post(create_product).get(list_products),
-        )
-        .route(
-            "/v1/merchants/{merchant}/products/{id}",
-            get(get_product)
-                .patch(update_product)
-                .delete(delete_product),
-        )
-        .route(
-            "/v1/merchants/{merchant}/products/{id}/images",
-            post(add_images),
-        )
-        .route(
-            "/v1/merchants/{merchant}/products/{id}/images/{image_id}",
-            get(get_image),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_product, list_products))
+        .routes(routes!(get_product, update_product, delete_product))
+        .routes(routes!(add_images))
+        .routes(routes!(get_image))
 }
 
-#[derive(Debug, Serialize)]
+/// A stored image of a product.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": 1, "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "bytes": 48211, "width": 800, "height": 1200, "format": "jpeg"}))]
 pub struct ImageBody {
+    /// Its id, for `GET …/images/{image_id}`.
     pub id: i64,
+    /// The file's SHA-256, hex (files are content-addressed).
     pub sha256: String,
+    /// The file's size.
     pub bytes: i64,
     pub width: u32,
     pub height: u32,
+    /// `jpeg`, `png` or `webp`.
+    #[schema(examples("jpeg"))]
     pub format: String,
 }
 
-#[derive(Debug, Serialize)]
+/// A product, as every product route answers it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Product, example = json!({
+    "id": "sku-1", "merchant": "acme", "title": "Red dress",
+    "tags": ["category:dress", "color:red"], "unknown_to_model": [],
+    "attributes": {"price": 49.9},
+    "images": [{"id": 1, "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "bytes": 48211, "width": 800, "height": 1200, "format": "jpeg"}],
+    "version": 1, "created_at": "2026-11-27T10:00:00.123Z", "updated_at": "2026-11-27T10:00:00.123Z"
+}))]
 pub struct ProductBody {
+    /// The merchant's own id.
     pub id: String,
     pub merchant: String,
     pub title: String,
     pub tags: Vec<String>,
     /// Tags that are stored and filterable but not in the model's vocabulary.
     pub unknown_to_model: Vec<String>,
+    /// Free-form JSON object.
+    #[schema(value_type = Object)]
     pub attributes: serde_json::Value,
     pub images: Vec<ImageBody>,
     /// 1 at creation, +1 with every change (also in the `ETag` header).
     pub version: i64,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(super) fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
         .and_then(|t| {
@@ -128,6 +141,146 @@ fn written(status: StatusCode, i: Ingested) -> impl IntoResponse {
     )
 }
 
+// ---------------------------------------------------------------------------------------------
+// The contract (OpenAPI): parameters and bodies as the extractors and `crate::ingest` take them.
+
+/// The `{merchant}` path parameter.
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+struct MerchantParams {
+    /// The merchant: 1-64 characters of `A-Z a-z 0-9 . _ -` (422 `invalid_field` otherwise).
+    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "acme")]
+    merchant: String,
+}
+
+/// The `{merchant}` and `{id}` path parameters.
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+struct ProductParams {
+    /// The merchant: 1-64 characters of `A-Z a-z 0-9 . _ -` (422 `invalid_field` otherwise).
+    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "acme")]
+    merchant: String,
+    /// The merchant's own product id (1-256 bytes, no `/`, no control characters).
+    #[param(min_length = 1, max_length = 256, example = "sku-1")]
+    id: String,
+}
+
+/// The path parameters of an image file.
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+struct ImageParams {
+    /// The merchant: 1-64 characters of `A-Z a-z 0-9 . _ -` (422 `invalid_field` otherwise).
+    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "acme")]
+    merchant: String,
+    /// The merchant's own product id.
+    #[param(min_length = 1, max_length = 256, example = "sku-1")]
+    id: String,
+    /// An `images[].id` of the product (or a search result's `image_id`).
+    #[param(example = 1)]
+    image_id: i64,
+}
+
+/// `If-Match`: the request applies only while the product is at that version.
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+struct IfMatchHeader {
+    /// An `ETag` of the product as this API returned it (or `*`); 412 `version_conflict` when
+    /// the product changed since, 400 `invalid_request` when it is not one of ours.
+    #[param(rename = "If-Match", example = "\"YxEAAAAAAAAAAQAAAAAAAAA\"")]
+    if_match: Option<String>,
+}
+
+/// A product as a merchant submits it (the JSON part `product`; `crate::ingest::NewProduct`).
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = NewProduct, example = json!({"id": "sku-1", "title": "Red dress",
+    "tags": ["category:dress", "color:red"], "attributes": {"price": 49.9}}))]
+struct NewProductSchema {
+    /// The merchant's own id, unique per merchant: 1-256 bytes, no `/`, no control characters.
+    #[schema(min_length = 1, max_length = 256)]
+    id: String,
+    /// 1-1024 bytes, not blank.
+    #[schema(min_length = 1, max_length = 1024)]
+    title: String,
+    /// `key:value` tags (at most 256); trimmed, de-duplicated and sorted. Tags outside the
+    /// model's vocabulary are kept and reported in `unknown_to_model`.
+    #[serde(default)]
+    #[schema(max_items = 256, example = json!(["category:dress", "color:red"]))]
+    tags: Vec<String>,
+    /// A free-form JSON object (default `{}`).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    attributes: Option<serde_json::Value>,
+}
+
+/// The fields to change (`crate::ingest::ProductPatch`); absent fields are kept.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = ProductPatch, example = json!({"tags": ["category:dress", "color:blue"]}))]
+struct ProductPatchSchema {
+    #[schema(min_length = 1, max_length = 1024)]
+    title: Option<String>,
+    /// Replaces the tags; re-embeds every image of the product with the new tag vector.
+    #[schema(max_items = 256)]
+    tags: Option<Vec<String>>,
+    /// Replaces the attributes (a JSON object).
+    #[schema(value_type = Option<Object>)]
+    attributes: Option<serde_json::Value>,
+}
+
+/// `multipart/form-data` for a new product.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct ProductForm {
+    /// The product, as JSON.
+    product: NewProductSchema,
+    /// One or more image files (at most `limits.max_images_per_request`).
+    #[schema(min_items = 1)]
+    image: Vec<ImageFile>,
+}
+
+/// `multipart/form-data` with images to add.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct ImagesForm {
+    /// One or more image files.
+    #[schema(min_items = 1)]
+    image: Vec<ImageFile>,
+}
+
+errors!(CreateErrors: InvalidRequest, MalformedJson, InvalidField, ProductExists,
+    PayloadTooLarge, ImageTooLarge, UnsupportedMediaType, ImageUndecodable, Overloaded);
+errors!(AddImagesErrors: InvalidRequest, InvalidField, ProductNotFound, VersionConflict,
+    PayloadTooLarge, ImageTooLarge, UnsupportedMediaType, ImageUndecodable, Overloaded);
+errors!(ReadErrors: InvalidRequest, InvalidField, ProductNotFound);
+errors!(ListErrors: InvalidRequest, InvalidField);
+errors!(UpdateErrors: InvalidRequest, MalformedJson, InvalidField, ProductNotFound,
+    VersionConflict, PayloadTooLarge, UnsupportedMediaType, Overloaded);
+errors!(DeleteErrors: InvalidRequest, InvalidField, ProductNotFound, VersionConflict, Overloaded);
+
+/// Create a product with its images.
+///
+/// Each image is decoded (EXIF orientation applied), embedded by the shop branch with the
+/// product's tags, stored content-addressed and committed with its embedding. 201 comes only
+/// after the commit; the product is searchable at once.
+#[utoipa::path(
+    post,
+    path = "/v1/merchants/{merchant}/products",
+    tag = "products",
+    params(MerchantParams),
+    request_body(content = ProductForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Created (after the commit).", body = ProductBody,
+            headers(("ETag" = String, description = "The product's version, for `If-Match`."))),
+        CreateErrors,
+    ),
+)]
 async fn create_product(
     State(state): State<AppState>,
     merchant: Merchant,
@@ -144,6 +297,27 @@ async fn create_product(
     Ok(written(StatusCode::CREATED, out))
 }
 
+/// Add images to a product.
+///
+/// `multipart/form-data` with `image` parts, or one raw image body. Honours `If-Match`.
+#[utoipa::path(
+    post,
+    path = "/v1/merchants/{merchant}/products/{id}/images",
+    tag = "products",
+    params(ProductParams, IfMatchHeader),
+    request_body(content(
+        (ImagesForm = "multipart/form-data"),
+        (ImageFile = "image/jpeg"),
+        (ImageFile = "image/png"),
+        (ImageFile = "image/webp"),
+        (ImageFile = "application/octet-stream"),
+    )),
+    responses(
+        (status = 201, description = "The images are added (after the commit).", body = ProductBody,
+            headers(("ETag" = String, description = "The product's new version."))),
+        AddImagesErrors,
+    ),
+)]
 async fn add_images(
     State(state): State<AppState>,
     path: ProductPath,
@@ -155,6 +329,18 @@ async fn add_images(
     Ok(written(StatusCode::CREATED, out))
 }
 
+/// Read a product.
+#[utoipa::path(
+    get,
+    path = "/v1/merchants/{merchant}/products/{id}",
+    tag = "products",
+    params(ProductParams),
+    responses(
+        (status = 200, description = "The product.", body = ProductBody,
+            headers(("ETag" = String, description = "The product's version, for `If-Match`."))),
+        ReadErrors,
+    ),
+)]
 async fn get_product(
     State(state): State<AppState>,
     path: ProductPath,
@@ -169,6 +355,39 @@ async fn get_product(
 
 /// `GET …/products/{id}/images/{image_id}`: the stored bytes of one of the product's images.
 /// Files are content-addressed, so the response is immutable and its `ETag` is the sha256.
+#[utoipa::path(
+    get,
+    path = "/v1/merchants/{merchant}/products/{id}/images/{image_id}",
+    tag = "products",
+    summary = "An image file of a product",
+    description = "The stored bytes, as uploaded. Content-addressed: cached as immutable, and \
+        `If-None-Match` with the `ETag` answers 304. 404 `product_not_found` when the merchant \
+        has no such product or the product no such image.",
+    params(
+        ImageParams,
+        ("If-None-Match" = Option<String>, Header,
+            description = "An `ETag` of this image (or `*`): 304 when it matches."),
+    ),
+    responses(
+        (status = 200, description = "The image file.",
+            content(
+                (ImageFile = "image/jpeg"),
+                (ImageFile = "image/png"),
+                (ImageFile = "image/webp"),
+                (ImageFile = "application/octet-stream"),
+            ),
+            headers(
+                ("ETag" = String, description = "The quoted SHA-256 of the file."),
+                ("Cache-Control" = String, description = "`public, max-age=31536000, immutable`"),
+            )),
+        (status = 304, description = "`If-None-Match` matches: not modified.",
+            headers(
+                ("ETag" = String, description = "The quoted SHA-256 of the file."),
+                ("Cache-Control" = String, description = "`public, max-age=31536000, immutable`"),
+            )),
+        ReadErrors,
+    ),
+)]
 async fn get_image(
     State(state): State<AppState>,
     merchant: Merchant,
@@ -229,6 +448,22 @@ async fn get_image(
     Ok((out, bytes).into_response())
 }
 
+/// Change a product's title, tags or attributes.
+///
+/// A tag change re-embeds every image of the product (from the stored files). Honours
+/// `If-Match`.
+#[utoipa::path(
+    patch,
+    path = "/v1/merchants/{merchant}/products/{id}",
+    tag = "products",
+    params(ProductParams, IfMatchHeader),
+    request_body(content = ProductPatchSchema, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The changed product.", body = ProductBody,
+            headers(("ETag" = String, description = "The product's new version."))),
+        UpdateErrors,
+    ),
+)]
 async fn update_product(
     State(state): State<AppState>,
     path: ProductPath,
@@ -239,6 +474,17 @@ async fn update_product(
     Ok(written(StatusCode::OK, out))
 }
 
+/// Delete a product; it leaves search results at once. Honours `If-Match`.
+#[utoipa::path(
+    delete,
+    path = "/v1/merchants/{merchant}/products/{id}",
+    tag = "products",
+    params(ProductParams, IfMatchHeader),
+    responses(
+        (status = 204, description = "Deleted."),
+        DeleteErrors,
+    ),
+)]
 async fn delete_product(
     State(state): State<AppState>,
     path: ProductPath,
@@ -251,14 +497,21 @@ async fn delete_product(
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 200;
 
-#[derive(Debug, Deserialize)]
+/// The query of a product listing.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
+    /// Products per page, 1-200 (default 50).
+    #[param(minimum = 1, maximum = 200, example = 50)]
     limit: Option<usize>,
+    /// The `next_cursor` of the previous page (opaque; 400 `invalid_request` when this API did
+    /// not issue it).
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A page of products.
+#[derive(Debug, Serialize, ToSchema)]
 struct ProductPage {
     products: Vec<ProductBody>,
     /// Pass as `cursor` to get the next page; absent on the last page. Opaque.
@@ -266,6 +519,17 @@ struct ProductPage {
     next_cursor: Option<String>,
 }
 
+/// List a merchant's products, in creation order, paged by cursor.
+#[utoipa::path(
+    get,
+    path = "/v1/merchants/{merchant}/products",
+    tag = "products",
+    params(MerchantParams, ListParams),
+    responses(
+        (status = 200, description = "A page of products.", body = ProductPage),
+        ListErrors,
+    ),
+)]
 async fn list_products(
     State(state): State<AppState>,
     merchant: Merchant,

@@ -12,11 +12,12 @@ use std::sync::LazyLock;
 use axum::extract::{Path, RawQuery};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiError;
+use super::openapi::errors;
 use crate::error::ErrorCode;
 
 /// The page's content security policy.
@@ -60,10 +61,10 @@ static VERSION: LazyLock<String> = LazyLock::new(|| {
 /// The page with its asset links versioned.
 static PAGE: LazyLock<String> = LazyLock::new(|| INDEX_HTML.replace("{{version}}", &VERSION));
 
-pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/", get(page))
-        .route("/assets/{name}", get(asset))
+pub fn router<S: Clone + Send + Sync + 'static>() -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(asset))
 }
 
 fn common_headers() -> HeaderMap {
@@ -79,6 +80,18 @@ fn common_headers() -> HeaderMap {
     h
 }
 
+/// The search page (HTML): search by photo, with the results' attention as a heatmap.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "web",
+    responses((status = 200, description = "The page, under a strict content security policy.",
+        content_type = "text/html; charset=utf-8", body = String,
+        headers(
+            ("Content-Security-Policy" = String, description = "Scripts, styles, images and requests from this origin only."),
+            ("Cache-Control" = String, description = "`no-cache`"),
+        ))),
+)]
 async fn page() -> Response {
     let mut h = common_headers();
     h.insert(
@@ -94,6 +107,40 @@ async fn page() -> Response {
     (h, PAGE.as_str()).into_response()
 }
 
+errors!(AssetErrors: RouteNotFound);
+
+/// A file of the page (`app.js`, `app.css`, `favicon.svg`), embedded in the binary.
+///
+/// Asked with the current `?v=` it is cached for good; otherwise revalidated.
+#[utoipa::path(
+    get,
+    path = "/assets/{name}",
+    tag = "web",
+    params(
+        ("name" = String, Path, description = "`app.js`, `app.css` or `favicon.svg`.",
+            example = "app.js"),
+        ("v" = Option<String>, Query, description = "The assets' version, as the page links them."),
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of the asset: 304 when current."),
+    ),
+    responses(
+        (status = 200, description = "The file.",
+            content(
+                (String = "text/javascript; charset=utf-8"),
+                (String = "text/css; charset=utf-8"),
+                (String = "image/svg+xml"),
+            ),
+            headers(
+                ("ETag" = String, description = "The assets' version, quoted."),
+                ("Cache-Control" = String, description = "`public, max-age=31536000, immutable` at the current version, else `no-cache`."),
+            )),
+        (status = 304, description = "Not modified.",
+            headers(
+                ("ETag" = String, description = "The assets' version, quoted."),
+                ("Cache-Control" = String, description = "As for 200."),
+            )),
+        AssetErrors,
+    ),
+)]
 async fn asset(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
@@ -150,7 +197,7 @@ mod tests {
         if let Some(v) = if_none_match {
             req = req.header(header::IF_NONE_MATCH, v);
         }
-        let r = router::<()>()
+        let r = axum::Router::from(router::<()>())
             .oneshot(req.body(Body::empty()).unwrap())
             .await
             .unwrap();

@@ -352,6 +352,7 @@ pub async fn create_product(
     }
     check_count(core, &files)?;
     // Fail fast before the expensive part; the insert still catches a race.
+    check_quota(core, merchant, 1, files.len()).await?;
     match core.store().get_product(merchant.as_str(), &new.id).await {
         Ok(_) => {
             return Err(StoreError::ProductExists {
@@ -372,6 +373,7 @@ pub async fn create_product(
             title: new.title.trim().to_owned(),
             attributes: new.attributes.clone(),
             tags: tags.clone(),
+            quota: core.config().quotas.store_quota(),
         };
         let write = core
             .store()
@@ -380,6 +382,39 @@ pub async fn create_product(
             return Ok(ingested(&serving, w.product));
         }
     }
+}
+
+/// Refuses a write that would take the merchant past its quota, before any image is embedded.
+/// Only a fast path: the store checks again, atomically with the write.
+async fn check_quota(
+    core: &Core,
+    merchant: &Merchant,
+    products: i64,
+    images: usize,
+) -> Result<(), IngestError> {
+    let Some(m) = core
+        .store()
+        .access()
+        .get_merchant(merchant.as_str())
+        .await?
+    else {
+        return Ok(());
+    };
+    let q = core.config().quotas.store_quota();
+    let max_products = m.max_products.unwrap_or(q.max_products);
+    let max_images = m.max_images.unwrap_or(q.max_images);
+    let exceeded = |what, limit| StoreError::QuotaExceeded {
+        merchant: merchant.to_string(),
+        what,
+        limit,
+    };
+    if m.products.saturating_add(products) > max_products {
+        return Err(exceeded("products", max_products).into());
+    }
+    if m.images.saturating_add(images as i64) > max_images {
+        return Err(exceeded("images", max_images).into());
+    }
+    Ok(())
 }
 
 /// Adds images to an existing product.
@@ -395,6 +430,7 @@ pub async fn add_images(
         return Err(IngestError::Invalid("send at least one image".into()));
     }
     check_count(core, &files)?;
+    check_quota(core, merchant, 0, files.len()).await?;
     let mut embedded: Option<(String, Vec<String>, Vec<NewImage>)> = None;
     for attempt in 0..MAX_ATTEMPTS {
         let serving = core.serving();
@@ -412,6 +448,7 @@ pub async fn add_images(
             Some(expect),
             images.clone(),
             serving.model.version(),
+            core.config().quotas.store_quota(),
         );
         // Kept for the next attempt, should this one lose its compare-and-set.
         embedded = Some((serving.model.version().to_owned(), current.tags, images));

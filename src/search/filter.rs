@@ -12,11 +12,26 @@ use serde::{Deserialize, Serialize};
 /// Most groups and alternatives accepted, to bound the work of one request.
 const MAX_TERMS: usize = 64;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A tag filter: an AND of ORs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"all": [["category:dress"], ["color:red", "color:blue"]]}))]
 pub struct TagFilter {
     /// Every group must match; a group matches when the product has any of its tags.
     pub all: Vec<Vec<String>>,
+}
+
+/// A filter as a client writes it, in either spelling (the schema of the `filter` option).
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+#[schema(as = Filter)]
+pub enum FilterSpec {
+    /// Compact: `,` between the groups that must all match, `|` between the alternatives of a
+    /// group: `category:dress,color:red|color:blue`.
+    Compact(String),
+    /// JSON: `{"all": [["category:dress"], ["color:red", "color:blue"]]}`.
+    Json(TagFilter),
 }
 
 impl TagFilter {
@@ -149,5 +164,115 @@ mod tests {
         assert!(!f.matches(&tags(&["category:dress", "color:green"])));
         assert!(!f.matches(&tags(&["color:red"])));
         assert!(TagFilter::default().matches(&[]));
+    }
+
+    /// Properties of both spellings and of matching, on structured filters (random strings go
+    /// through the fuzz target `tag_filter` and its replay, `tests/fuzz_replay.rs`).
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
+
+        /// Deterministic: a fixed seed, no persistence file.
+        fn config() -> Config {
+            Config {
+                cases: 256,
+                rng_seed: RngSeed::Fixed(0xf117_e125),
+                failure_persistence: Some(Box::new(FileFailurePersistence::Off)),
+                ..Config::default()
+            }
+        }
+
+        /// A valid, trimmed tag: a small alphabet so that groups share tags.
+        fn tag() -> impl Strategy<Value = String> {
+            "[a-c][a-c ]{0,2}:[a-c :.é]{0,3}[a-c]"
+        }
+
+        fn filter() -> impl Strategy<Value = TagFilter> {
+            prop::collection::vec(prop::collection::vec(tag(), 1..4), 0..5)
+                .prop_map(|all| TagFilter { all })
+        }
+
+        fn compact(f: &TagFilter) -> String {
+            f.all
+                .iter()
+                .map(|g| g.join("|"))
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn both_spellings_round_trip(f in filter()) {
+                prop_assert_eq!(TagFilter::parse(&compact(&f)), Ok(f.clone()));
+                let json = serde_json::to_string(&f).unwrap();
+                prop_assert_eq!(TagFilter::parse(&json), Ok(f.clone()));
+            }
+
+            #[test]
+            fn whitespace_around_tags_and_separators_is_ignored(
+                f in filter(),
+                pad in prop::collection::vec("[ \t\u{a0}]{0,2}", 32),
+            ) {
+                let mut pads = pad.iter().cycle();
+                let spaced = f
+                    .all
+                    .iter()
+                    .map(|g| {
+                        g.iter()
+                            .map(|t| format!("{}{t}{}", pads.next().unwrap(), pads.next().unwrap()))
+                            .collect::<Vec<_>>()
+                            .join("|")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                prop_assert_eq!(TagFilter::parse(&spaced), Ok(f));
+            }
+
+            #[test]
+            fn matching_is_an_and_of_ors(
+                f in filter(),
+                tags in prop::collection::vec(tag(), 0..8),
+            ) {
+                let m = f.matches(&tags);
+                // The AND: each group alone.
+                let each = f
+                    .all
+                    .iter()
+                    .all(|g| TagFilter { all: vec![g.clone()] }.matches(&tags));
+                prop_assert_eq!(m, each);
+                // The OR inside a group: one of its tags, compared as whole strings.
+                for g in &f.all {
+                    prop_assert_eq!(
+                        TagFilter { all: vec![g.clone()] }.matches(&tags),
+                        g.iter().any(|t| tags.iter().any(|u| u == t))
+                    );
+                }
+                // Monotone: more tags never lose a match, fewer groups never lose one.
+                if m {
+                    let mut more = tags.clone();
+                    more.push("z:z".into());
+                    prop_assert!(f.matches(&more));
+                    let mut fewer = f.clone();
+                    fewer.all.pop();
+                    prop_assert!(fewer.matches(&tags));
+                }
+            }
+
+            #[test]
+            fn term_limit_is_exact(n in 1usize..=(MAX_TERMS + 3), groups in 1usize..4) {
+                let all: Vec<Vec<String>> = (0..n)
+                    .map(|i| format!("k:{i}"))
+                    .collect::<Vec<_>>()
+                    .chunks(n.div_ceil(groups))
+                    .map(<[String]>::to_vec)
+                    .collect();
+                let f = TagFilter { all };
+                prop_assert_eq!(f.clone().validated().is_ok(), n <= MAX_TERMS);
+                prop_assert_eq!(TagFilter::parse(&compact(&f)).is_ok(), n <= MAX_TERMS);
+            }
+        }
     }
 }

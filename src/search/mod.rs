@@ -59,7 +59,7 @@ impl Coded for SearchError {
 }
 
 /// How results are grouped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Grouping {
     /// One result per product, its best-scoring image (the default).
@@ -71,14 +71,20 @@ pub enum Grouping {
 
 /// Options as a client gives them, every one optional (query parameters and the multipart
 /// `options` part both deserialize into this; the part wins field by field).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SearchOptions, example = json!({"k": 5, "explain": true, "filter": {"all": [["category:dress"]]}}))]
 pub struct RawOptions {
+    /// Results returned: 1-`search.max_k` (default 20).
+    #[schema(minimum = 1)]
     pub k: Option<usize>,
+    /// First-pass candidates re-ranked: `k`-`search.max_candidates` (default 256).
+    #[schema(minimum = 1)]
     pub candidates: Option<usize>,
     pub rerank: Option<bool>,
     /// A compact string (`a:b,c:d|e:f`) or a `{"all": [...]}` object (as a JSON string in a
     /// query parameter).
+    #[schema(value_type = Option<filter::FilterSpec>)]
     pub filter: Option<serde_json::Value>,
     pub merchant: Option<String>,
     pub explain: Option<bool>,
@@ -135,6 +141,7 @@ impl RawOptions {
             rerank: self.rerank,
             filter,
             merchant: self.merchant.filter(|m| !m.is_empty()),
+            scope: None,
             explain: self.explain.unwrap_or(false),
             group: self.group.unwrap_or_default(),
         })
@@ -150,12 +157,26 @@ pub struct SearchOptions {
     pub rerank: Option<bool>,
     pub filter: TagFilter,
     pub merchant: Option<String>,
+    /// The merchants the caller may see (its key's scope); `None`: all.
+    pub scope: Option<Vec<String>>,
     pub explain: bool,
     pub group: Grouping,
 }
 
+impl SearchOptions {
+    /// The merchants the first pass may return: the requested one (which the caller checked is
+    /// in scope), else the scope; `None`: every merchant.
+    pub fn merchants(&self) -> Option<Vec<String>> {
+        match (&self.merchant, &self.scope) {
+            (Some(m), Some(scope)) if !scope.contains(m) => Some(Vec::new()),
+            (Some(m), _) => Some(vec![m.clone()]),
+            (None, scope) => scope.clone(),
+        }
+    }
+}
+
 /// Per-stage wall time in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
 pub struct Timings {
     pub decode: f64,
     pub embed: f64,
@@ -165,10 +186,11 @@ pub struct Timings {
 }
 
 /// Attention of the query's locations given one candidate, row-major over the `h × w` grid.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Attention {
     pub h: usize,
     pub w: usize,
+    /// `h * w` softmax weights, row-major (`l = row * w + col`), summing to 1.
     pub weights: Vec<f32>,
 }
 
@@ -285,14 +307,22 @@ pub async fn search_prepared(
 
     let t = Instant::now();
     let view = serving.view.clone();
-    let (n, filter, merchant) = (opts.candidates, opts.filter.clone(), opts.merchant.clone());
+    let (n, filter, merchants) = (opts.candidates, opts.filter.clone(), opts.merchants());
     let embedding = user.embedding;
     let found = tokio::task::spawn_blocking(move || {
-        let hits: Vec<Hit> = view.search(&embedding, n, &filter, merchant.as_deref())?;
+        let hits: Vec<Hit> = view.search(&embedding, n, &filter, merchants.as_deref())?;
         let mut candidates: Vec<Candidate> = Vec::with_capacity(hits.len());
         for hit in hits {
             // A key can leave between the index and the postings (a concurrent delete).
             if let Some((product, image_id)) = view.lookup(hit.key) {
+                // The postings restricted the search already; this keeps a foreign product out
+                // even if they were wrong.
+                if merchants
+                    .as_ref()
+                    .is_some_and(|m| !m.contains(&product.merchant))
+                {
+                    continue;
+                }
                 candidates.push(Candidate {
                     key: hit.key,
                     product,

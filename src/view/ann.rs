@@ -19,12 +19,12 @@ pub struct Payload<'a> {
     pub tags: &'a [String],
 }
 
-/// A typed search filter: a merchant and an AND of ORs of tags, plus the set of keys the view's
+/// A typed search filter: any of some merchants, and an AND of ORs of tags, plus the set of keys the view's
 /// postings resolved it to. In-process backends use `keys`; an engine with payload filters may
-/// translate `merchant` and `groups` instead.
+/// translate `merchants` and `groups` instead.
 #[derive(Debug, Clone, Copy)]
 pub struct AnnFilter<'a> {
-    pub merchant: Option<&'a str>,
+    pub merchants: Option<&'a [String]>,
     pub groups: &'a [Vec<String>],
     pub keys: &'a RoaringTreemap,
 }

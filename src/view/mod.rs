@@ -332,13 +332,24 @@ impl SearchView {
 
     /// The keys a filter allows, or `None` when nothing restricts the search. Bitmap unions and
     /// intersections: no posting list is copied into a hash set.
-    pub fn allowed(&self, filter: &TagFilter, merchant: Option<&str>) -> Option<RoaringTreemap> {
-        if filter.is_empty() && merchant.is_none() {
+    pub fn allowed(
+        &self,
+        filter: &TagFilter,
+        merchants: Option<&[String]>,
+    ) -> Option<RoaringTreemap> {
+        if filter.is_empty() && merchants.is_none() {
             return None;
         }
         let p = self.read();
-        let mut acc: Option<RoaringTreemap> =
-            merchant.map(|m| p.by_merchant.get(m).cloned().unwrap_or_default());
+        let mut acc: Option<RoaringTreemap> = merchants.map(|ms| {
+            let mut any = RoaringTreemap::new();
+            for m in ms {
+                if let Some(bm) = p.by_merchant.get(m) {
+                    any |= bm;
+                }
+            }
+            any
+        });
         for group in &filter.all {
             let mut any = RoaringTreemap::new();
             for tag in group {
@@ -363,16 +374,16 @@ impl SearchView {
         query: &[f32],
         n: usize,
         filter: &TagFilter,
-        merchant: Option<&str>,
+        merchants: Option<&[String]>,
     ) -> Result<Vec<Hit>, IndexError> {
-        match self.allowed(filter, merchant) {
+        match self.allowed(filter, merchants) {
             None => self.ann.search(query, n, None),
             Some(keys) if keys.is_empty() => Ok(Vec::new()),
             Some(keys) => self.ann.search(
                 query,
                 n,
                 Some(AnnFilter {
-                    merchant,
+                    merchants,
                     groups: &filter.all,
                     keys: &keys,
                 }),
@@ -467,15 +478,25 @@ mod tests {
         assert_eq!(v.allowed(&TagFilter::default(), None), None);
         let f = TagFilter::parse("color:red").unwrap();
         assert_eq!(v.allowed(&f, None), Some(set(&[100, 101, 300])));
-        assert_eq!(v.allowed(&f, Some("a")), Some(set(&[100, 101])));
+        let ms = |m: &[&str]| m.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(v.allowed(&f, Some(&ms(&["a"]))), Some(set(&[100, 101])));
+        assert_eq!(
+            v.allowed(&f, Some(&ms(&["a", "b"]))),
+            Some(set(&[100, 101, 300]))
+        );
+        assert_eq!(
+            v.allowed(&f, Some(&[])),
+            Some(set(&[])),
+            "an empty scope sees nothing"
+        );
         let f = TagFilter::parse("category:dress,color:red|color:blue").unwrap();
         assert_eq!(v.allowed(&f, None), Some(set(&[100, 101, 200])));
         assert_eq!(
-            v.allowed(&TagFilter::default(), Some("b")),
+            v.allowed(&TagFilter::default(), Some(&ms(&["b"]))),
             Some(set(&[300]))
         );
         assert_eq!(
-            v.allowed(&TagFilter::default(), Some("zzz")),
+            v.allowed(&TagFilter::default(), Some(&ms(&["zzz"]))),
             Some(set(&[]))
         );
         assert_eq!(

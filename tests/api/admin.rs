@@ -10,8 +10,6 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-const TOKEN: &str = "test-admin-token-0123456789";
-
 /// A copy of the shipped bundle whose manifest names another model version.
 fn second_bundle(dir: &Path, version: &str) -> PathBuf {
     copy_bundle(dir, |m| m["model_version"] = json!(version))
@@ -19,33 +17,32 @@ fn second_bundle(dir: &Path, version: &str) -> PathBuf {
 
 fn swap(app: &TestApp, bundle: &Path) -> Call {
     app.request(reqwest::Method::POST, "/v1/admin/model")
-        .header("authorization", &format!("Bearer {TOKEN}"))
         .json(&json!({"bundle": bundle}))
 }
 
 async fn model_status(app: &TestApp) -> Value {
     app.request(reqwest::Method::GET, "/v1/admin/model")
-        .header("authorization", &format!("Bearer {TOKEN}"))
         .await
         .assert_status(200)
         .json
 }
 
 #[tokio::test]
-async fn admin_calls_need_the_token() {
+async fn admin_calls_need_an_admin_key() {
     let app = spawn_fake_app().await;
     app.request(reqwest::Method::GET, "/v1/admin/model")
+        .anonymous()
         .await
-        .assert_error(403, "admin_disabled");
-    app.stop().await;
-    let app = spawn_fake_app_with(new_data_dir(), |c| c.admin.token = Some(TOKEN.into())).await;
+        .assert_error(401, "unauthenticated");
     app.request(reqwest::Method::GET, "/v1/admin/model")
+        .key("sk_admin_wrong-token-wrong-token")
         .await
-        .assert_error(401, "unauthorized");
-    app.request(reqwest::Method::GET, "/v1/admin/model")
-        .header("authorization", "Bearer wrong-token-wrong-token")
+        .assert_error(401, "unauthenticated");
+    let merchant = create_key(&app, &json!({"kind": "merchant", "merchant": "m"})).await;
+    swap(&app, Path::new("/nonexistent/bundle"))
+        .key(&merchant)
         .await
-        .assert_error(401, "unauthorized");
+        .assert_error(403, "forbidden");
     let status = model_status(&app).await;
     assert_eq!(status["swap"]["state"], "idle");
     // A bundle that cannot serve, and the version already serving, are refused at once.
@@ -56,7 +53,6 @@ async fn admin_calls_need_the_token() {
         .await
         .assert_error(409, "same_model_version");
     app.request(reqwest::Method::POST, "/v1/admin/model")
-        .header("authorization", &format!("Bearer {TOKEN}"))
         .json(&json!({"bundel": "x"}))
         .await
         .assert_error(422, "invalid_field");
@@ -66,7 +62,7 @@ async fn admin_calls_need_the_token() {
 #[tokio::test]
 async fn hot_swap_under_load_switches_model_and_view_together() {
     let data_dir = new_data_dir();
-    let app = spawn_app_with(data_dir.clone(), |c| c.admin.token = Some(TOKEN.into())).await;
+    let app = spawn_app_with(data_dir.clone(), |_| {}).await;
     let catalogue = seed_catalogue(&app).await;
     let old_version = app.readyz().await.json["model_version"]
         .as_str()
@@ -198,7 +194,7 @@ async fn hot_swap_under_load_switches_model_and_view_together() {
 
     // The swap survives a restart.
     let data_dir = app.stop().await;
-    let app = spawn_app_with(data_dir, |c| c.admin.token = Some(TOKEN.into())).await;
+    let app = spawn_app_with(data_dir, |_| {}).await;
     let ready = app.readyz().await.assert_status(200).json;
     assert_eq!(ready["model_version"], new_version.as_str());
     assert_eq!(ready["index"]["live"], images);

@@ -59,8 +59,24 @@ pub fn test_config(data_dir: &Path) -> Config {
         ..Config::default()
     };
     c.maintenance.interval_secs = 3600;
+    c.auth.bootstrap_admin_key = Some(ADMIN_KEY.to_owned());
+    // Limits the tests never reach, except those about rate limits (which set their own).
+    let roomy = snapshop::auth::limit::Bucket::new(100_000.0, 100_000);
+    let kind = snapshop::auth::limit::KindLimits {
+        search: roomy,
+        read: roomy,
+        write: roomy,
+    };
+    c.rate_limits.anonymous = roomy;
+    c.rate_limits.admin = kind.clone();
+    c.rate_limits.merchant = kind.clone();
+    c.rate_limits.search = kind;
     c
 }
+
+/// The admin key every test app starts with (`auth.bootstrap_admin_key`); every [`Call`] sends
+/// it unless given another key ([`Call::key`]) or none ([`Call::anonymous`]).
+pub const ADMIN_KEY: &str = "sk_admin_test0123456789abcdefghijklmnopqrstuv";
 
 /// A new, empty temporary data directory.
 pub fn new_data_dir() -> Arc<TempDir> {
@@ -268,7 +284,10 @@ impl TestApp {
 
     /// Any request: `path` starts with `/` and may carry a query string.
     pub fn request(&self, method: Method, path: &str) -> Call {
-        Call(self.client.request(method, format!("{}{path}", self.base)))
+        Call(
+            self.client.request(method, format!("{}{path}", self.base)),
+            Some(format!("Bearer {ADMIN_KEY}")),
+        )
     }
 
     // --- products ---
@@ -422,6 +441,16 @@ impl TestApp {
     }
 }
 
+/// Creates a key with the admin key (`body` as `POST /v1/keys` takes it); returns its token.
+pub async fn create_key(app: &TestApp, body: &Value) -> String {
+    let r = app
+        .request(Method::POST, "/v1/keys")
+        .json(body)
+        .await
+        .assert_status(201);
+    r.json["key"].as_str().expect("a token").to_owned()
+}
+
 pub fn products_path(merchant: &str) -> String {
     format!("/v1/merchants/{merchant}/products")
 }
@@ -443,11 +472,25 @@ fn search_path(query: &str) -> String {
 
 /// A request not yet sent: add headers (or a body) and await it.
 #[must_use = "a request is sent only when awaited"]
-pub struct Call(reqwest::RequestBuilder);
+pub struct Call(reqwest::RequestBuilder, Option<String>);
 
 impl Call {
+    /// A header; `authorization` replaces the key the call would send.
     pub fn header(self, name: &str, value: &str) -> Self {
-        Call(self.0.header(name, value))
+        if name.eq_ignore_ascii_case("authorization") {
+            return Call(self.0, Some(value.to_owned()));
+        }
+        Call(self.0.header(name, value), self.1)
+    }
+
+    /// Sends `key` (`Authorization: Bearer <key>`) instead of the admin key.
+    pub fn key(self, key: &str) -> Self {
+        Call(self.0, Some(format!("Bearer {key}")))
+    }
+
+    /// Sends no key at all.
+    pub fn anonymous(self) -> Self {
+        Call(self.0, None)
     }
 
     pub fn content_type(self, value: &str) -> Self {
@@ -455,20 +498,24 @@ impl Call {
     }
 
     pub fn body(self, body: impl Into<reqwest::Body>) -> Self {
-        Call(self.0.body(body))
+        Call(self.0.body(body), self.1)
     }
 
     pub fn json(self, body: &Value) -> Self {
-        Call(self.0.json(body))
+        Call(self.0.json(body), self.1)
     }
 
     pub fn multipart(self, form: Form) -> Self {
-        Call(self.0.multipart(form))
+        Call(self.0.multipart(form), self.1)
     }
 
     /// Sends the request and reads the whole response.
     pub async fn send(self) -> TestResponse {
-        let r = self.0.send().await.expect("the request is sent");
+        let rb = match self.1 {
+            Some(auth) => self.0.header("authorization", auth),
+            None => self.0,
+        };
+        let r = rb.send().await.expect("the request is sent");
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let bytes = r.bytes().await.expect("the response body is read").to_vec();

@@ -6,6 +6,9 @@ mod common;
 
 mod admin;
 mod bad_input;
+mod isolation;
+mod keys;
+mod openapi;
 mod ops;
 mod parity;
 mod products;

@@ -1124,7 +1124,10 @@ mod tests {
                 })
                 .collect();
             sqlite.sort();
-            assert_eq!(applied, sqlite, "the same version numbers as migrations/sqlite/");
+            assert_eq!(
+                applied, sqlite,
+                "the same version numbers as migrations/sqlite/"
+            );
         })
         .await;
     }
