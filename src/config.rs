@@ -556,6 +556,33 @@ mod tests {
     }
 
     #[test]
+    fn the_bootstrap_admin_key_comes_from_its_own_variable_and_is_checked() {
+        let key = "sk_admin_0123456789abcdefghijklmnopqrstuvwxyz";
+        let c = Config::load(None, env(&[(ADMIN_KEY_ENV, key)]), &Overrides::default()).unwrap();
+        assert_eq!(c.auth.bootstrap_admin_key.as_deref(), Some(key));
+        let err = Config::load(
+            None,
+            env(&[(ADMIN_KEY_ENV, "short")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("32 characters"), "{err}");
+        let c = Config::load(
+            None,
+            env(&[
+                ("SNAPSHOP_AUTH__DEV_MODE", "true"),
+                ("SNAPSHOP_QUOTAS__MAX_IMAGES_PER_MERCHANT", "7"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.auth.dev_mode);
+        assert_eq!(c.quotas.max_images_per_merchant, 7);
+        let bad = env(&[("SNAPSHOP_LIMITS__HEADER_READ_TIMEOUT_SECS", "0")]);
+        assert!(Config::load(None, bad, &Overrides::default()).is_err());
+    }
+
+    #[test]
     fn bad_layers_are_reported() {
         let e = env(&[("SNAPSHOP_SEARCH__MAX_K", "many")]);
         let err = Config::load(None, e, &Overrides::default()).unwrap_err();

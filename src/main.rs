@@ -57,8 +57,6 @@ enum Command {
     },
     /// Create, list and revoke API keys, directly in the store (also while the server runs).
     Keys {
-        #[command(flatten)]
-        overrides: Overrides,
         #[command(subcommand)]
         action: KeysAction,
     },
@@ -125,15 +123,33 @@ enum KeysAction {
         /// Days until the key expires (default: never).
         #[arg(long)]
         expires_in_days: Option<u64>,
+        #[command(flatten)]
+        overrides: Overrides,
     },
     /// List keys (prefix, kind, label, merchant, state); never their tokens.
     List {
         /// Revoked and expired keys too.
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        overrides: Overrides,
     },
     /// Revoke a key by id, effective at once.
-    Revoke { id: i64 },
+    Revoke {
+        id: i64,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+}
+
+impl KeysAction {
+    fn overrides(&self) -> &Overrides {
+        match self {
+            KeysAction::Create { overrides, .. }
+            | KeysAction::List { overrides, .. }
+            | KeysAction::Revoke { overrides, .. } => overrides,
+        }
+    }
 }
 
 /// `snapshop keys ...`.
@@ -152,6 +168,7 @@ async fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
             origins,
             label,
             expires_in_days,
+            ..
         } => {
             for m in &merchants {
                 snapshop::ids::Merchant::parse(m)
@@ -185,7 +202,7 @@ async fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
             );
             println!("{token}");
         }
-        KeysAction::List { all } => {
+        KeysAction::List { all, .. } => {
             let query = KeyQuery {
                 include_inactive: all,
                 ..KeyQuery::default()
@@ -219,7 +236,7 @@ async fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
                 );
             }
         }
-        KeysAction::Revoke { id } => {
+        KeysAction::Revoke { id, .. } => {
             let k = store.access().revoke_key(id, now_ms()).await?;
             eprintln!("revoked {} key {} ({}…)", k.kind.as_str(), k.id, k.prefix);
         }
@@ -259,9 +276,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = match &cli.command {
         Command::Serve { overrides }
-        | Command::Keys { overrides, .. }
         | Command::Eval { overrides, .. }
         | Command::Bench { overrides, .. } => overrides,
+        Command::Keys { action } => action.overrides(),
     };
     let config = match Config::load(cli.config.as_deref(), std::env::vars(), overrides) {
         Ok(c) => c,

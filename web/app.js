@@ -4,6 +4,8 @@
 // multipart `image` + a JSON `options` part with explain=true; the results come back as a grid,
 // and each result's CtxYNet attention (weights over the query photo's h×w grid) can be laid over
 // the photo as a heatmap, bilinearly upsampled, as in Figure 6 of Ji et al. (MM'17).
+// Requests carry the API key typed in the key field (a search key, kept in localStorage) as
+// `Authorization: Bearer`; result images are fetched with it too and shown from blob URLs.
 "use strict";
 
 (() => {
@@ -16,6 +18,7 @@
   const filterInput = $("filter");
   const merchantInput = $("merchant");
   const kInput = $("k");
+  const keyInput = $("key");
   const searchButton = $("search");
   const statusBox = $("status");
   const errorBox = $("error");
@@ -41,6 +44,19 @@
 
   const setState = (s) => { document.body.dataset.state = s; };
   setState("idle");
+
+  // --- the API key -----------------------------------------------------------------------------
+
+  const KEY_STORE = "snapshop.key";
+  try { keyInput.value = localStorage.getItem(KEY_STORE) || ""; } catch (_) { /* storage off */ }
+  keyInput.addEventListener("change", () => {
+    try { localStorage.setItem(KEY_STORE, keyInput.value.trim()); } catch (_) { /* storage off */ }
+  });
+  function authHeaders() {
+    const key = keyInput.value.trim();
+    return key ? { Authorization: `Bearer ${key}` } : {};
+  }
+  let imageUrls = []; // object URLs of the shown result images, revoked with the next results
 
   // --- the photo -------------------------------------------------------------------------------
 
@@ -142,7 +158,9 @@
     statusBox.textContent = "Searching…";
     let response, json;
     try {
-      response = await fetch("/v1/search", { method: "POST", body, signal: controller.signal });
+      response = await fetch("/v1/search", {
+        method: "POST", body, signal: controller.signal, headers: authHeaders(),
+      });
       json = await response.json().catch(() => null);
     } catch (err) {
       if (controller.signal.aborted) return;
@@ -171,6 +189,8 @@
   function render(body) {
     results = body.results || [];
     clearOverlay();
+    for (const url of imageUrls) URL.revokeObjectURL(url);
+    imageUrls = [];
     resultsList.replaceChildren(...results.map(card));
     resultsEmpty.hidden = results.length > 0;
     resultsEmpty.textContent = results.length ? "" : "Nothing matched. Try a wider filter or another merchant.";
@@ -186,9 +206,16 @@
     const li = template.content.firstElementChild.cloneNode(true);
     li.dataset.productId = r.product_id;
     const img = li.querySelector(".thumb img");
-    img.src = imageUrl(r);
     img.alt = r.title;
     img.addEventListener("error", () => { img.alt = "image unavailable"; }, { once: true });
+    fetch(imageUrl(r), { headers: authHeaders() })
+      .then((resp) => (resp.ok ? resp.blob() : Promise.reject(new Error(String(resp.status)))))
+      .then((blob) => {
+        const url = URL.createObjectURL(blob);
+        imageUrls.push(url);
+        img.src = url;
+      })
+      .catch(() => { img.alt = "image unavailable"; });
     const title = li.querySelector(".title");
     const rank = document.createElement("span");
     rank.className = "rank";

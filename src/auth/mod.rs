@@ -170,6 +170,16 @@ impl Principal {
         }
     }
 
+    /// May see `merchant`'s products as search results show them (their image files): those
+    /// who may manage it, and keys whose search scope holds it.
+    pub fn may_view(&self, merchant: &str) -> bool {
+        self.may_manage(merchant)
+            || match self.search_scope() {
+                SearchScope::All => true,
+                SearchScope::Only(list) => list.iter().any(|m| m == merchant),
+            }
+    }
+
     /// The merchants this caller's searches may return.
     pub fn search_scope(&self) -> SearchScope {
         match (self.kind(), self.key()) {
@@ -353,6 +363,8 @@ mod tests {
             SearchScope::Only(vec!["a".into(), "b".into()])
         );
         assert_eq!(open_search.search_scope(), SearchScope::All);
+        assert!(search.may_view("b") && !search.may_view("c") && open_search.may_view("c"));
+        assert!(merchant.may_view("a") && !merchant.may_view("b"));
         // A merchant key without a merchant (a corrupt row) may search nothing.
         assert_eq!(
             key(KeyKind::Merchant, None, None).search_scope(),

@@ -49,6 +49,28 @@ impl<S: Send + Sync> FromRequestParts<S> for Merchant {
     }
 }
 
+/// The `{merchant}` of the path, for routes that show what search results show (image files):
+/// allowed to those who may manage the merchant and to keys whose search scope holds it.
+#[derive(Debug, Clone)]
+pub struct ViewedMerchant(pub Merchant);
+
+impl<S: Send + Sync> FromRequestParts<S> for ViewedMerchant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Caller(principal) = Caller::from_request_parts(parts, state).await?;
+        let merchant = merchant_of_path(parts, state).await?;
+        if principal.may_view(merchant.as_str()) {
+            Ok(ViewedMerchant(merchant))
+        } else {
+            Err(forbidden(format!(
+                "this key may not see merchant `{}`",
+                merchant.as_str()
+            )))
+        }
+    }
+}
+
 /// The `{merchant}` path parameter, parsed, without any authorisation.
 async fn merchant_of_path<S: Send + Sync>(
     parts: &mut Parts,

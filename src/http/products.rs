@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath, ApiQuery, IfMatch, ProductPath, Upload};
+use super::extract::{ApiJson, ApiPath, ApiQuery, IfMatch, ProductPath, Upload, ViewedMerchant};
 use super::openapi::{errors, ImageFile};
 use crate::core::AppState;
 use crate::error::ErrorCode;
@@ -390,7 +390,7 @@ async fn get_product(
 )]
 async fn get_image(
     State(state): State<AppState>,
-    merchant: Merchant,
+    ViewedMerchant(merchant): ViewedMerchant,
     ApiPath((_, id, image_id)): ApiPath<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {

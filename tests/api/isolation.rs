@@ -33,6 +33,9 @@ enum Rule {
     Merchant,
     /// Admin keys, and merchant keys for their own merchant's keys.
     Keys,
+    /// What search results show: admin keys, the merchant's own key, and search keys whose
+    /// scope holds the merchant.
+    View,
 }
 
 /// The rule table: (method, path template) → rule.
@@ -77,7 +80,7 @@ const RULES: &[(&str, &str, Rule)] = &[
     (
         "get",
         "/v1/merchants/{merchant}/products/{id}/images/{image_id}",
-        Rule::Merchant,
+        Rule::View,
     ),
     ("post", "/v1/keys", Rule::Keys),
     ("get", "/v1/keys", Rule::Keys),
@@ -120,6 +123,11 @@ fn allowed(rule: Rule, who: Who, merchant: &str) -> bool {
         Rule::AnyKey => valid,
         Rule::Search => valid && (merchant == A || !matches!(who, Who::MerchantA | Who::SearchA)),
         Rule::Admin => who == Who::Admin,
+        Rule::View => {
+            who == Who::Admin
+                || who == Who::SearchAll
+                || (matches!(who, Who::MerchantA | Who::SearchA) && merchant == A)
+        }
         Rule::Merchant | Rule::Keys => {
             who == Who::Admin || (who == Who::MerchantA && merchant == A)
         }

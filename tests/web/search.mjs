@@ -12,6 +12,7 @@
 // Ends with `web: N passed, N failed[, N skipped]` and exits non-zero on any failure.
 
 import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, mkdirSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -25,6 +26,10 @@ const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SHOTS = process.env.SNAPSHOP_WEB_SCREENSHOTS || join(ROOT, "docs/img");
 const SUBSET = join(ROOT, "tests/fixtures/subset");
 const MERCHANT = "acme";
+// The server starts with this admin key (SNAPSHOP_ADMIN_KEY); the page gets a search key.
+const ADMIN_KEY = `sk_admin_web_${randomBytes(24).toString("hex")}`;
+const asAdmin = { Authorization: `Bearer ${ADMIN_KEY}` };
+let searchKey = null;
 const PRODUCTS = 12; // uploaded, in manifest order, among those with street photos
 const QUERY = 0; // the product whose street photo is searched with
 const WATCHDOG_MS = 120_000;
@@ -88,10 +93,11 @@ function mime(path) {
 // --- the server ------------------------------------------------------------------------------
 
 // The server reads every SNAPSHOP_* variable as configuration (and refuses unknown keys such as
-// scripts/test.sh's SNAPSHOP_REQUIRE_ORT): it gets none, only the flags above.
+// scripts/test.sh's SNAPSHOP_REQUIRE_ORT): it gets none but the bootstrap admin key.
 function serverEnv() {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("SNAPSHOP_")));
   env.RUST_LOG = process.env.RUST_LOG || "info,ort=warn";
+  env.SNAPSHOP_ADMIN_KEY = ADMIN_KEY;
   return env;
 }
 
@@ -141,7 +147,7 @@ async function upload(base, p) {
   for (const path of p.shop) {
     form.append("image", new Blob([readFileSync(path)], { type: mime(path) }), path.split("/").pop());
   }
-  const r = await fetch(`${base}/v1/merchants/${MERCHANT}/products`, { method: "POST", body: form });
+  const r = await fetch(`${base}/v1/merchants/${MERCHANT}/products`, { method: "POST", body: form, headers: asAdmin });
   assert(r.status === 201, `creating ${p.id}: ${r.status} ${await r.text()}`);
 }
 
@@ -166,6 +172,13 @@ async function main() {
   await check(`${PRODUCTS} products are uploaded through the API`, async () => {
     for (const p of products) await upload(server.base, p);
     log(`uploaded ${products.reduce((n, p) => n + p.shop.length, 0)} images`);
+    const r = await fetch(`${server.base}/v1/keys`, {
+      method: "POST",
+      headers: { ...asAdmin, "content-type": "application/json" },
+      body: JSON.stringify({ kind: "search", merchant: MERCHANT, label: "web test" }),
+    });
+    assert(r.status === 201, `creating a search key: ${r.status}`);
+    searchKey = (await r.json()).key;
   });
 
   await check("the page loads under its content security policy, with its assets", async () => {
@@ -200,7 +213,17 @@ async function main() {
     assert(problems.length === 0, problems.join("\n"));
   });
 
+  await check("without a key the page shows the API's unauthenticated error", async () => {
+    await page.setInputFiles("#photo", query.user[0]);
+    await page.waitForSelector("#error:not([hidden])", { timeout: 20_000 });
+    const text = await page.textContent("#error");
+    assert(text.includes("unauthenticated"), `error box: ${text}`);
+    page.problems.length = 0; // the browser logs the 401 itself
+  });
+
   await check("a street photo finds its product first, with images, tags, scores and timings", async () => {
+    await page.fill("#key", searchKey);
+    await page.dispatchEvent("#key", "change");
     await page.fill("#merchant", MERCHANT);
     await page.fill("#k", "8");
     await page.setInputFiles("#photo", query.user[0]); // choosing a photo starts the search
