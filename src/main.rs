@@ -1,5 +1,5 @@
-//! The `snapshop` command line: `serve`, `keys`, `eval` and `bench`. Thin: parsing and logging
-//! only.
+//! The `snapshop` command line: `serve`, `keys`, `eval`, `bench` and `import`. Thin: parsing and
+//! logging only.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,6 +96,45 @@ enum Command {
         recall_queries: usize,
         #[command(flatten)]
         report: Report<false>,
+    },
+    /// Bulk-import products from CSV, JSONL or Google Cloud Vision Product Search's bulk-import
+    /// CSV into a running server, over its HTTP API; a rerun skips what is already there.
+    ///
+    /// Exit code 0: every row imported; 1: some rows failed (see the error report); 2: usage
+    /// errors (bad options, unreadable file, server unreachable, key refused). See docs/import.md.
+    Import {
+        /// The input file (.csv or .jsonl; images are paths relative to it, file://, http(s)://
+        /// or gs:// URIs).
+        file: PathBuf,
+        /// The server.
+        #[arg(long, env = "SNAPSHOP_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The merchant whose catalogue is loaded.
+        #[arg(long)]
+        merchant: String,
+        /// A merchant key of that merchant, or an admin key (better from SNAPSHOP_KEY: a flag
+        /// shows in the process list). Never printed.
+        #[arg(long, env = "SNAPSHOP_KEY", hide_env_values = true)]
+        key: String,
+        /// csv, jsonl or gcp (default: by extension and first line).
+        #[arg(long, value_parser = parse_format)]
+        format: Option<snapshop::import::input::Format>,
+        /// Products in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Attempts per HTTP call (429, 503 and connection errors are retried with backoff).
+        #[arg(long, default_value_t = 6)]
+        max_attempts: u32,
+        /// Delete and recreate a product that differs, instead of changing it in place (and
+        /// adding its missing images).
+        #[arg(long)]
+        replace: bool,
+        /// The error report (CSV: row, product_id, code, message); default `<FILE>.errors.csv`.
+        #[arg(long)]
+        errors: Option<PathBuf>,
+        /// auto (bars on a terminal, else a line every 5 s), plain or none.
+        #[arg(long, value_parser = parse_progress, default_value = "auto")]
+        progress: snapshop::import::Progress,
     },
 }
 
@@ -245,6 +284,70 @@ async fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn parse_format(s: &str) -> Result<snapshop::import::input::Format, String> {
+    snapshop::import::input::Format::parse(s).ok_or_else(|| "expected csv, jsonl or gcp".into())
+}
+
+fn parse_progress(s: &str) -> Result<snapshop::import::Progress, String> {
+    use snapshop::import::Progress;
+    match s {
+        "auto" => Ok(Progress::Auto),
+        "plain" => Ok(Progress::Plain),
+        "none" => Ok(Progress::Off),
+        _ => Err("expected auto, plain or none".into()),
+    }
+}
+
+/// `snapshop import`: a client of the HTTP API, so no server configuration is loaded.
+fn import(command: Command) -> ExitCode {
+    let Command::Import {
+        file,
+        url,
+        merchant,
+        key,
+        format,
+        concurrency,
+        max_attempts,
+        replace,
+        errors,
+        progress,
+    } = command
+    else {
+        unreachable!("called for `import` only");
+    };
+    let mut opts = snapshop::import::ImportOptions::new(file, &url, &merchant, &key);
+    opts.format = format;
+    opts.concurrency = concurrency;
+    opts.max_attempts = max_attempts;
+    opts.replace = replace;
+    opts.errors_file = errors;
+    opts.progress = progress;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("snapshop: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(snapshop::import::run(opts)) {
+        Ok(summary) => {
+            println!("{}", summary.line());
+            if summary.errors > 0 {
+                eprintln!(
+                    "import: {} errors, listed in {}",
+                    summary.errors,
+                    summary.errors_file.display()
+                );
+            }
+            ExitCode::from(summary.exit_code())
+        }
+        Err(e) => {
+            eprintln!("snapshop import: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn parse_unit(s: &str) -> Result<Grouping, String> {
     match s {
         "image" => Ok(Grouping::Image),
@@ -275,6 +378,8 @@ fn write_report(path: &std::path::Path, report: &impl serde::Serialize) -> anyho
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = match &cli.command {
+        // A client of the API: it needs no server configuration.
+        Command::Import { .. } => return import(cli.command),
         Command::Serve { overrides }
         | Command::Eval { overrides, .. }
         | Command::Bench { overrides, .. } => overrides,
@@ -302,6 +407,7 @@ fn main() -> ExitCode {
                 app.run_until(snapshop::app::shutdown_signal()).await
             }
             Command::Keys { action, .. } => keys(&config, action).await,
+            Command::Import { .. } => unreachable!("run before the configuration is loaded"),
             Command::Eval {
                 data,
                 k,

@@ -137,7 +137,23 @@ async fn preflight(state: &AppState, origin: &HeaderValue) -> Response {
     r
 }
 
-/// The layer itself: see the module documentation.
+/// CORS preflights, answered before routing (no route has an `OPTIONS` handler, and a
+/// preflight carries no key). Everything else passes.
+pub async fn cors_preflight(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            return preflight(&state, origin).await;
+        }
+    }
+    next.run(req).await
+}
+
+/// The layer itself, on matched routes only (an unknown route or method gets its 404 or 405
+/// whoever asks): see the module documentation.
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -145,15 +161,6 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         .map(|p| p.as_str().to_owned());
     let route = route.as_deref();
     let origin = req.headers().get(header::ORIGIN).cloned();
-    if req.method() == Method::OPTIONS {
-        if let (Some(origin), true) = (
-            &origin,
-            req.headers()
-                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD),
-        ) {
-            return preflight(&state, origin).await;
-        }
-    }
     if route == Some("/metrics") {
         if let Some(token) = state.config().auth.metrics_token.as_deref() {
             let given = req

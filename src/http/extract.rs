@@ -14,10 +14,27 @@ use super::error::ApiError;
 use crate::error::ErrorCode;
 use crate::ids::{ETag, Merchant};
 
-/// `axum::Json` with our rejections.
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// `axum::Json` with our rejections, for bodies that must be JSON objects: serde would also
+/// read a struct from an array of its fields (`[null, null]`), which no client means.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidField,
+                "the body must be a JSON object",
+            ));
+        }
+        serde_json::from_value(value)
+            .map(ApiJson)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidField, e.to_string()))
+    }
+}
 
 /// `axum::extract::Query` with our rejections.
 #[derive(Debug, Clone, Copy, Default, FromRequestParts)]

@@ -35,6 +35,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Most merchants one search key may be limited to, and most origins.
 const MAX_LIST: usize = 100;
 const MAX_LABEL: usize = 200;
+/// The longest lifetime a key may be given: 100 years.
+const MAX_LIFETIME_SECS: u64 = 3_155_760_000;
 
 /// A key as listed (never its token).
 #[derive(Debug, Serialize, ToSchema)]
@@ -126,8 +128,10 @@ pub struct NewKeyBody {
     /// Buckets overriding the kind's defaults, e.g. `{"search": {"per_second": 20, "burst": 40}}`.
     #[schema(value_type = Option<Object>)]
     pub rate_limits: Option<KeyLimits>,
-    /// When it stops working (RFC 3339); or give `expires_in_secs`.
+    /// When it stops working (RFC 3339, before the year 10000); or give `expires_in_secs`.
     pub expires_at: Option<String>,
+    /// Seconds from now until it stops working (at most 100 years).
+    #[schema(minimum = 1, maximum = 3_155_760_000_u64)]
     pub expires_in_secs: Option<u64>,
 }
 
@@ -205,16 +209,20 @@ fn spec_for(caller: &Principal, body: NewKeyBody) -> Result<KeySpec, ApiError> {
         (Some(t), None) => {
             let at = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
                 .map_err(|e| invalid(format!("expires_at: not RFC 3339: {e}")))?;
-            Some((at.unix_timestamp_nanos() / 1_000_000) as i64)
+            let ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
+            if ms > now + MAX_LIFETIME_SECS as i64 * 1000 {
+                return Err(invalid("expires_at: at most 100 years from now"));
+            }
+            Some(ms)
         }
-        (None, Some(secs)) => Some(
-            now.saturating_add(
-                i64::try_from(secs)
-                    .unwrap_or(i64::MAX)
-                    .saturating_mul(1000)
-                    .min(i64::MAX / 2),
-            ),
-        ),
+        (None, Some(secs)) if (1..=MAX_LIFETIME_SECS).contains(&secs) => {
+            Some(now + secs as i64 * 1000)
+        }
+        (None, Some(_)) => {
+            return Err(invalid(format!(
+                "expires_in_secs must be between 1 and {MAX_LIFETIME_SECS} (100 years)"
+            )))
+        }
         (None, None) => None,
     };
     if expires_at.is_some_and(|t| t <= now) {

@@ -40,10 +40,13 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config().limits.max_body_bytes;
     Router::new()
         .merge(openapi::router())
+        // On matched routes only, so that an unknown method is 405 before any key check.
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Inside `track`, so that 401s and 429s are counted and timed like any response.
-        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        // Inside `track`, so that preflights, 401s and 429s are counted and timed like any
+        // response.
+        .layer(middleware::from_fn_with_state(state.clone(), auth::cors_preflight))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(

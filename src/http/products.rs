@@ -255,9 +255,9 @@ struct ImagesForm {
 }
 
 errors!(CreateErrors: InvalidRequest, MalformedJson, InvalidField, ProductExists,
-    PayloadTooLarge, ImageTooLarge, UnsupportedMediaType, ImageUndecodable, Overloaded);
+    QuotaExceeded, PayloadTooLarge, ImageTooLarge, UnsupportedMediaType, ImageUndecodable, Overloaded);
 errors!(AddImagesErrors: InvalidRequest, InvalidField, ProductNotFound, VersionConflict,
-    PayloadTooLarge, ImageTooLarge, UnsupportedMediaType, ImageUndecodable, Overloaded);
+    QuotaExceeded, PayloadTooLarge, ImageTooLarge, UnsupportedMediaType, ImageUndecodable, Overloaded);
 errors!(ReadErrors: InvalidRequest, InvalidField, ProductNotFound);
 errors!(ListErrors: InvalidRequest, InvalidField);
 errors!(UpdateErrors: InvalidRequest, MalformedJson, InvalidField, ProductNotFound,

@@ -170,6 +170,10 @@ async fn who_may_make_which_key() {
         json!({"kind": "search", "rate_limits": {"search": {"per_second": 0, "burst": 1}}}),
         json!({"kind": "search", "rate_limits": {"searches": {"per_second": 1, "burst": 1}}}),
         json!({"kind": "superuser"}),
+        json!({"kind": "search", "expires_in_secs": 9_223_372_036_854_775_808_u64}),
+        json!({"kind": "search", "expires_in_secs": 4_000_000_000_u64}),
+        json!({"kind": "search", "expires_at": "9999-01-01T00:00:00Z"}),
+        json!(["search", "label"]),
     ] {
         app.request(Method::POST, "/v1/keys")
             .json(&body)
@@ -328,10 +332,12 @@ async fn quotas_refuse_with_403_and_an_admin_sets_a_merchants_own() {
         .unwrap()
         .iter()
         .any(|m| m["id"] == "acme"));
-    app.request(Method::PUT, "/v1/merchants/acme")
-        .json(&json!({"max_products": -1}))
-        .await
-        .assert_error(422, "invalid_field");
+    for bad in [json!({"max_products": -1}), json!([null, null]), json!(5)] {
+        app.request(Method::PUT, "/v1/merchants/acme")
+            .json(&bad)
+            .await
+            .assert_error_for(&bad.to_string(), 422, "invalid_field");
+    }
     app.stop().await;
 }
 

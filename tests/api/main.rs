@@ -6,6 +6,7 @@ mod common;
 
 mod admin;
 mod bad_input;
+mod import;
 mod isolation;
 mod keys;
 mod openapi;
