@@ -42,6 +42,9 @@ if [ ! -x "$bin" ]; then
   exit 2
 fi
 . scripts/env.sh
+# The server reads SNAPSHOP_* as configuration: give it none of the caller's (scripts/test.sh
+# exports its own SNAPSHOP_REQUIRE_* flags).
+for v in $(env | grep -o '^SNAPSHOP_[A-Z_]*' || true); do unset "$v"; done
 
 work="$(mktemp -d)"
 server_pid=""

@@ -680,6 +680,15 @@ mod tests {
     }
 
     #[test]
+    fn csv_crlf_and_blank_lines_keep_line_numbers() {
+        let p =
+            csv("id,title,image\r\n\r\nsku-1,a,a.jpg\r\nsku-2,b,nocolon\r\n\r\n\r\nsku-3,c,c.jpg");
+        let lines: Vec<u64> = p.rows.iter().map(|r| r.line).collect();
+        assert_eq!(lines, vec![3, 4, 7]);
+        assert_eq!(p.rows[2].images, vec!["c.jpg"]);
+    }
+
+    #[test]
     fn jsonl_with_image_arrays() {
         let text = r#"{"id":"sku-1","title":"Red dress","tags":["category:dress"],"attributes":{"price":1},"images":["a.jpg","b.jpg"]}
 

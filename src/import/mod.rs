@@ -784,12 +784,18 @@ impl Bars {
             let style = |t: &str| {
                 ProgressStyle::with_template(t)
                     .expect("a valid template")
+                    .with_key(
+                        "rate",
+                        |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = write!(w, "{:.1}/s", s.per_sec());
+                        },
+                    )
                     .progress_chars("=> ")
             };
             products_bar.set_style(style(
-                "products [{bar:32}] {pos}/{len} {per_sec:>10} ETA {eta:>4} {msg}",
+                "products [{bar:32}] {pos}/{len} {rate:>8} ETA {eta:>4} {msg}",
             ));
-            images_bar.set_style(style("images   [{bar:32}] {pos}/{len} {per_sec:>10}"));
+            images_bar.set_style(style("images   [{bar:32}] {pos}/{len} {rate:>8}"));
             let products_bar = m.add(products_bar.clone());
             m.add(images_bar.clone());
             products_bar.set_message(format!("{errors} errors"));
