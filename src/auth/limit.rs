@@ -249,7 +249,7 @@ impl RateLimiter {
                 let own = key
                     .rate_limits
                     .as_ref()
-                    .and_then(|v| serde_json::from_value::<KeyLimits>(v.clone()).ok())
+                    .and_then(|v| KeyLimits::deserialize(v).ok())
                     .and_then(|l| l.get(class));
                 let bucket = own.unwrap_or_else(|| self.config.of_kind(p.kind()).get(class));
                 (Owner::Key(key.id), Some(class), bucket)

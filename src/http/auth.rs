@@ -34,8 +34,8 @@ const ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
 /// Whether a matched route needs no key.
 fn is_public(route: Option<&str>) -> bool {
     match route {
-        // No route matched: the fallback answers 404 (or 405) whoever asks.
-        None => true,
+        // The layer runs on matched routes only, which have a path; without one, deny.
+        None => false,
         Some(r) => openapi::PUBLIC.contains(&r) || r.starts_with("/docs/"),
     }
 }

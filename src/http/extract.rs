@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::auth::{forbidden, Caller};
 use super::error::ApiError;
+use crate::auth::Principal;
 use crate::error::ErrorCode;
 use crate::ids::{ETag, Merchant};
 
@@ -53,16 +54,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Merchant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Caller(principal) = Caller::from_request_parts(parts, state).await?;
-        let merchant = merchant_of_path(parts, state).await?;
-        if principal.may_manage(merchant.as_str()) {
-            Ok(merchant)
-        } else {
-            Err(forbidden(format!(
-                "this key may not act for merchant `{}`",
-                merchant.as_str()
-            )))
-        }
+        authorised_merchant(parts, state, Principal::may_manage, "act for").await
     }
 }
 
@@ -75,16 +67,28 @@ impl<S: Send + Sync> FromRequestParts<S> for ViewedMerchant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Caller(principal) = Caller::from_request_parts(parts, state).await?;
-        let merchant = merchant_of_path(parts, state).await?;
-        if principal.may_view(merchant.as_str()) {
-            Ok(ViewedMerchant(merchant))
-        } else {
-            Err(forbidden(format!(
-                "this key may not see merchant `{}`",
-                merchant.as_str()
-            )))
-        }
+        authorised_merchant(parts, state, Principal::may_view, "see")
+            .await
+            .map(ViewedMerchant)
+    }
+}
+
+/// The path's merchant if the caller's key passes `rule` for it, else 403 `forbidden`.
+async fn authorised_merchant<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    rule: fn(&Principal, &str) -> bool,
+    verb: &str,
+) -> Result<Merchant, ApiError> {
+    let Caller(principal) = Caller::from_request_parts(parts, state).await?;
+    let merchant = merchant_of_path(parts, state).await?;
+    if rule(&principal, merchant.as_str()) {
+        Ok(merchant)
+    } else {
+        Err(forbidden(format!(
+            "this key may not {verb} merchant `{}`",
+            merchant.as_str()
+        )))
     }
 }
 

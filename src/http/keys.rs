@@ -252,40 +252,28 @@ fn spec_for(caller: &Principal, body: NewKeyBody) -> Result<KeySpec, ApiError> {
             }
         }
     }
-    // What the caller may make.
-    match caller.kind() {
-        KeyKind::Admin => {}
-        KeyKind::Merchant => {
-            let own = caller.key().and_then(|k| k.merchant.clone());
-            if body.kind == KeyKind::Admin {
-                return Err(forbidden("a merchant key cannot create admin keys"));
-            }
-            if merchant.is_some() && merchant != own {
-                return Err(forbidden(
-                    "a merchant key creates keys of its own merchant only",
-                ));
-            }
-            let own = own.ok_or_else(|| forbidden("this key has no merchant"))?;
-            if let Some(ms) = &merchants {
-                if ms.iter().any(|m| *m != own) {
-                    return Err(forbidden(
-                        "a merchant key's search keys may search its own merchant only",
-                    ));
-                }
-            }
-            return Ok(KeySpec {
-                kind: body.kind,
-                label: body.label,
-                merchants: (body.kind == KeyKind::Search).then(|| vec![own.clone()]),
-                merchant: Some(own),
-                origins: body.allowed_origins,
-                rate_limits: body
-                    .rate_limits
-                    .map(|l| serde_json::to_value(l).unwrap_or_default()),
-                expires_at,
-            });
+    // What a merchant key may make (search keys and admin-kind requests were refused above).
+    if caller.kind() == KeyKind::Merchant {
+        let own = caller
+            .key()
+            .and_then(|k| k.merchant.clone())
+            .ok_or_else(|| forbidden("this key has no merchant"))?;
+        if merchant.as_ref() != Some(&own) {
+            return Err(forbidden(
+                "a merchant key creates keys of its own merchant only",
+            ));
         }
-        KeyKind::Search => return Err(forbidden("a search key can only search")),
+        if merchants
+            .as_ref()
+            .is_some_and(|ms| ms.iter().any(|m| *m != own))
+        {
+            return Err(forbidden(
+                "a merchant key's search keys may search its own merchant only",
+            ));
+        }
+        if body.kind == KeyKind::Search {
+            merchants = Some(vec![own]);
+        }
     }
     Ok(KeySpec {
         kind: body.kind,

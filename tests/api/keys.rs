@@ -38,7 +38,20 @@ async fn a_key_lives_is_listed_without_its_token_and_dies_at_once() {
     let keys = list.json["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0]["id"], id);
-    assert!(keys[0]["last_used_at"].is_string());
+    // The use is recorded in the background: wait for it (at most 5 s).
+    let mut used = keys[0]["last_used_at"].is_string();
+    for _ in 0..50 {
+        if used {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let k = app
+            .request(Method::GET, &format!("/v1/keys/{id}"))
+            .await
+            .json;
+        used = k["last_used_at"].is_string();
+    }
+    assert!(used, "the key's use is recorded");
     let by_label = app
         .request(Method::GET, "/v1/keys?label=backend")
         .await

@@ -198,6 +198,67 @@ pub(crate) fn json_array(items: &[String]) -> String {
     serde_json::Value::from(items.to_vec()).to_string()
 }
 
+/// The quota steps of a create and an image upload, for a backend whose connection type is
+/// `$conn` (the statements above; the same for every backend).
+macro_rules! quota_steps {
+    ($conn:ty) => {
+        /// Counts a new product and its `images` against its merchant's quotas, or fails the write.
+        async fn take_quota(
+            conn: &mut $conn,
+            merchant_id: i64,
+            product_id: i64,
+            images: usize,
+            quota: $crate::Quota,
+        ) -> $crate::Result<()> {
+            let (max_products, _) = $crate::access::limits(quota);
+            let taken = sqlx::query($crate::access::TAKE_PRODUCT)
+                .bind(merchant_id)
+                .bind(max_products)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if taken.is_none() {
+                let (name, limit): (String, i64) = sqlx::query_as($crate::access::PRODUCT_LIMIT)
+                    .bind(merchant_id)
+                    .bind(max_products)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                return Err($crate::access::products_exceeded(&name, limit));
+            }
+            take_images(conn, product_id, images, quota).await
+        }
+
+        /// Counts `n` more images of a product against its merchant's quota, or fails the write.
+        async fn take_images(
+            conn: &mut $conn,
+            product_id: i64,
+            n: usize,
+            quota: $crate::Quota,
+        ) -> $crate::Result<()> {
+            let (max_products, max_images) = $crate::access::limits(quota);
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            let taken = sqlx::query($crate::access::TAKE_IMAGES)
+                .bind(product_id)
+                .bind(n)
+                .bind(max_images)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if taken.is_none() {
+                let (name, _, limit): (String, i64, i64) =
+                    sqlx::query_as($crate::access::LIMITS_OF_PRODUCT)
+                        .bind(product_id)
+                        .bind(max_products)
+                        .bind(max_images)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                return Err($crate::access::images_exceeded(name, limit));
+            }
+            Ok(())
+        }
+    };
+}
+
+pub(crate) use quota_steps;
+
 /// Implements [`AccessStore`] for a backend struct with a `pool` field of database `$db`.
 macro_rules! impl_access_store {
     ($store:ty, $db:ty) => {

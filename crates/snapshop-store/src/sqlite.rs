@@ -698,59 +698,7 @@ impl CatalogStore for SqliteStore {
     }
 }
 
-// ---- quotas (statements in `access`) -----------------------------------------------------------
-
-/// Counts a new product and its `images` against its merchant's quotas, or fails the write.
-async fn take_quota(
-    conn: &mut SqliteConnection,
-    merchant_id: i64,
-    product_id: i64,
-    images: usize,
-    quota: Quota,
-) -> Result<()> {
-    let (max_products, _) = access::limits(quota);
-    let taken = sqlx::query(access::TAKE_PRODUCT)
-        .bind(merchant_id)
-        .bind(max_products)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if taken.is_none() {
-        let (name, limit): (String, i64) = sqlx::query_as(access::PRODUCT_LIMIT)
-            .bind(merchant_id)
-            .bind(max_products)
-            .fetch_one(&mut *conn)
-            .await?;
-        return Err(access::products_exceeded(&name, limit));
-    }
-    take_images(conn, product_id, images, quota).await
-}
-
-/// Counts `n` more images of a product against its merchant's quota, or fails the write.
-async fn take_images(
-    conn: &mut SqliteConnection,
-    product_id: i64,
-    n: usize,
-    quota: Quota,
-) -> Result<()> {
-    let (max_products, max_images) = access::limits(quota);
-    let n = i64::try_from(n).unwrap_or(i64::MAX);
-    let taken = sqlx::query(access::TAKE_IMAGES)
-        .bind(product_id)
-        .bind(n)
-        .bind(max_images)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if taken.is_none() {
-        let (name, _, limit): (String, i64, i64) = sqlx::query_as(access::LIMITS_OF_PRODUCT)
-            .bind(product_id)
-            .bind(max_products)
-            .bind(max_images)
-            .fetch_one(&mut *conn)
-            .await?;
-        return Err(access::images_exceeded(name, limit));
-    }
-    Ok(())
-}
+access::quota_steps!(SqliteConnection);
 
 access::impl_access_store!(SqliteStore, sqlx::Sqlite);
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The import rate of docs/import.md: the shop images of tests/fixtures/subset (one row per image)
+# imported with `snapshop import` into a fresh server (the shipped bundle, CPU), then imported
+# again (everything unchanged). Prints the importer's two summary lines.
+#
+#   bash scripts/import-bench.sh            # target/debug/snapshop; SNAPSHOP_BIN for a release build
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+. scripts/env.sh
+BIN="${SNAPSHOP_BIN:-target/debug/snapshop}"
+[ -x "$BIN" ] || { echo "import-bench: $BIN is missing: cargo build --bin snapshop" >&2; exit 1; }
+for v in $(env | grep -o '^SNAPSHOP_[A-Z_]*' || true); do unset "$v"; done
+
+work="$(mktemp -d)"
+pid=""
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+# The CSV: one row per shop image, the product's title and tags on its first row.
+python3 - "$ROOT/tests/fixtures/subset" "$work/subset.csv" <<'EOF'
+import csv, sys, pathlib
+root, out = pathlib.Path(sys.argv[1]), sys.argv[2]
+seen = set()
+with open(root / "manifest.csv") as f, open(out, "w", newline="") as g:
+    w = csv.writer(g)
+    w.writerow(["id", "title", "tags", "image"])
+    for row in csv.DictReader(f):
+        if row["domain"] != "shop":
+            continue
+        first = row["product_id"] not in seen
+        seen.add(row["product_id"])
+        tags = ",".join(t for t in row["tags"].split(";") if t) if first else ""
+        w.writerow([row["product_id"], f"product {row['product_id']}" if first else "", tags,
+                    str(root / row["image"])])
+EOF
+
+admin="sk_admin_$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+url="http://127.0.0.1:$port"
+SNAPSHOP_ADMIN_KEY="$admin" SNAPSHOP_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" \
+  --data-dir "$work/data" --bundle models/default >"$work/server.log" 2>&1 &
+pid=$!
+for _ in $(seq 240); do curl -sf "$url/readyz" >/dev/null && break; sleep 0.5; done
+key=$(curl -sf "$url/v1/keys" -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
+  -d '{"kind": "merchant", "merchant": "acme"}' | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+echo "import-bench: $(nproc) cores, $BIN, $(grep -c . "$work/subset.csv") lines"
+for run in first rerun; do
+  SNAPSHOP_KEY="$key" "$BIN" import "$work/subset.csv" --url "$url" --merchant acme \
+    --progress none --errors "$work/errors-$run.csv" 2>&1 | grep '^import:'
+done
