@@ -69,9 +69,53 @@ fn describe() {
     );
     describe_gauge!("snapshop_index_rebuilds", "Graph rebuilds since start-up");
     describe_gauge!("snapshop_catalog_products", "Products in the catalogue");
+    {
+        use snapshop_inference::queue::{
+            METRIC_BATCH_SIZE, METRIC_OVERLOADED, METRIC_QUEUE_DEPTH, METRIC_SECONDS,
+            METRIC_SKIPPED, METRIC_WAIT_SECONDS,
+        };
+        describe_gauge!(
+            METRIC_QUEUE_DEPTH,
+            "Requests waiting in the inference queue (set on enqueue, on each batch and at scrape time)"
+        );
+        describe_histogram!(
+            METRIC_BATCH_SIZE,
+            "Requests per model call by kind (shop, user, rerank)"
+        );
+        describe_histogram!(
+            METRIC_WAIT_SECONDS,
+            Unit::Seconds,
+            "Time a request waited in the inference queue before its batch ran, by kind"
+        );
+        describe_histogram!(
+            METRIC_SECONDS,
+            Unit::Seconds,
+            "Time of one model call (a whole batch), by kind"
+        );
+        describe_counter!(
+            METRIC_OVERLOADED,
+            "Inference requests refused because the queue was full (answered 503 overloaded)"
+        );
+        describe_counter!(
+            METRIC_SKIPPED,
+            "Queued inference requests dropped unrun because their caller had gone, by kind"
+        );
+    }
     describe_gauge!(
-        "snapshop_inference_queue_depth_current",
-        "Requests waiting in the inference queue at scrape time"
+        "snapshop_inference_queue_capacity",
+        "Requests the inference queue holds at most (queue.capacity); past it, 503 overloaded"
+    );
+    describe_gauge!(
+        "snapshop_ready",
+        "1 while /readyz answers ready (models, store and index loaded), else 0"
+    );
+    describe_counter!(
+        "snapshop_images_ingested_total",
+        "Shop images committed by product creates and image uploads"
+    );
+    describe_counter!(
+        "snapshop_connections_refused_total",
+        "Connections closed on accept because limits.max_connections were open"
     );
     describe_gauge!(
         "snapshop_model_info",
@@ -99,6 +143,10 @@ fn describe() {
         "Model swaps by result (done, failed)"
     );
     describe_counter!(
+        "snapshop_import_jobs_total",
+        "Import jobs by event (submitted, done, failed, cancelled)"
+    );
+    describe_counter!(
         "snapshop_reembed_failures_total",
         "Images that could not be re-embedded (their file is unreadable)"
     );
@@ -116,6 +164,10 @@ pub fn refresh(core: &Core) {
     metrics::gauge!("snapshop_view_dirty").set(if serving.view.is_dirty() { 1.0 } else { 0.0 });
     metrics::gauge!(snapshop_inference::queue::METRIC_QUEUE_DEPTH)
         .set(serving.model.queue_depth() as f64);
+    // The queue makes room for at least one request (snapshop_inference::queue).
+    metrics::gauge!("snapshop_inference_queue_capacity")
+        .set(core.config().queue.capacity.max(1) as f64);
+    metrics::gauge!("snapshop_ready").set(if core.is_ready() { 1.0 } else { 0.0 });
 }
 
 /// Sets the model info gauge.
