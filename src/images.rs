@@ -54,14 +54,14 @@ pub struct Prepared {
     pub tensor: Array3<f32>,
     pub width: u32,
     pub height: u32,
-    /// `jpeg`, `png` or `webp`: also the stored file's extension.
+    /// `jpeg`, `png`, `webp` or `heic`: also the stored file's extension.
     pub format: &'static str,
 }
 
 /// What the first bytes of a file say it is.
 #[derive(Debug, PartialEq, Eq)]
 enum Sniffed {
-    /// JPEG, PNG or WebP: left to the decoder.
+    /// JPEG, PNG, WebP or HEIC/HEIF: left to the decoder.
     Supported,
     /// A known image format the model pipeline does not accept.
     Unsupported(&'static str),
@@ -74,6 +74,7 @@ fn sniff(b: &[u8]) -> Sniffed {
     if starts(&[0xff, 0xd8, 0xff])
         || starts(b"\x89PNG\r\n\x1a\n")
         || (b.len() >= 12 && &b[0..4] == b"RIFF" && &b[8..12] == b"WEBP")
+        || snapshop_inference::preprocess::is_heif(b)
     {
         Sniffed::Supported
     } else if starts(b"GIF87a") || starts(b"GIF89a") {
@@ -83,12 +84,32 @@ fn sniff(b: &[u8]) -> Sniffed {
     } else if starts(b"II*\0") || starts(b"MM\0*") {
         Sniffed::Unsupported("TIFF")
     } else if b.len() >= 12 && &b[4..8] == b"ftyp" {
-        Sniffed::Unsupported("HEIF/AVIF")
+        // HEIF's container without a HEIF brand: AVIF, or a video.
+        Sniffed::Unsupported("AVIF or other ISO media")
     } else if starts(&[0, 0, 1, 0]) {
         Sniffed::Unsupported("ICO")
     } else {
         Sniffed::Unknown
     }
+}
+
+/// Refuses what the first bytes show is no accepted image, before any decoding: a known
+/// format the model pipeline does not take is 415, anything else unrecognised 422.
+pub fn check_format(bytes: &[u8]) -> Result<(), ImageError> {
+    match sniff(bytes) {
+        Sniffed::Supported => {}
+        Sniffed::Unsupported(name) => {
+            return Err(ImageError::UnsupportedFormat(format!(
+                "unsupported image format: {name} (JPEG, PNG, WebP and HEIC/HEIF are accepted)"
+            )))
+        }
+        Sniffed::Unknown => {
+            return Err(ImageError::Undecodable(
+                "the data is not a JPEG, PNG, WebP or HEIC/HEIF image".into(),
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// Decodes and preprocesses `bytes` on the blocking pool.
@@ -97,19 +118,7 @@ pub async fn prepare(
     bytes: bytes::Bytes,
     limits: ImageLimits,
 ) -> Result<Prepared, ImageError> {
-    match sniff(&bytes) {
-        Sniffed::Supported => {}
-        Sniffed::Unsupported(name) => {
-            return Err(ImageError::UnsupportedFormat(format!(
-                "unsupported image format: {name} (JPEG, PNG and WebP are accepted)"
-            )))
-        }
-        Sniffed::Unknown => {
-            return Err(ImageError::Undecodable(
-                "the data is not a JPEG, PNG or WebP image".into(),
-            ))
-        }
-    }
+    check_format(&bytes)?;
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         let _g = span.enter();
@@ -151,6 +160,15 @@ mod tests {
         assert_eq!(sniff(b"\x89PNG\r\n\x1a\nrest"), Sniffed::Supported);
         assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Sniffed::Supported);
         assert_eq!(sniff(b"GIF89a..."), Sniffed::Unsupported("GIF"));
+        // HEIC by its ftyp brands; AVIF (same container, another codec) stays refused.
+        assert_eq!(
+            sniff(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic"),
+            Sniffed::Supported
+        );
+        assert_eq!(
+            sniff(b"\0\0\0\x18ftypavif\0\0\0\0mif1miaf"),
+            Sniffed::Unsupported("AVIF or other ISO media")
+        );
         assert_eq!(sniff(b"hello"), Sniffed::Unknown);
         assert_eq!(sniff(b""), Sniffed::Unknown);
     }

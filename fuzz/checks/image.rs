@@ -83,7 +83,7 @@ pub fn check(data: &[u8]) {
             assert!(w > 0 && h > 0);
             assert!(w <= LIMITS.max_side && h <= LIMITS.max_side);
             assert!(u64::from(w) * u64::from(h) <= LIMITS.max_pixels);
-            assert!(["jpeg", "png", "webp"].contains(&d.format));
+            assert!(["jpeg", "png", "webp", "heic"].contains(&d.format));
             assert_eq!(d.image.as_raw().len(), w as usize * h as usize * 3);
         }
         Err(e) => check_error(data, e),

@@ -3,9 +3,11 @@
     python -m snapshop_ml.bundle verify default
     python -m snapshop_ml.bundle embed default photo.jpg                       # user branch
     python -m snapshop_ml.bundle embed default shop.png --tags category:dress color:red
+    python -m snapshop_ml.bundle add-heic-golden default                       # HEIC golden entries
 
 `verify` re-hashes every file, loads the three graphs and checks their inputs and outputs against
-the manifest. Bad input (missing files, a malformed manifest, an unknown tag) ends with one line
+the manifest. `add-heic-golden` writes the HEIC fixtures and their golden entries into a bundle
+exported before they existed (as `export` now does), and updates the manifest's checksums. Bad input (missing files, a malformed manifest, an unknown tag) ends with one line
 on stderr and exit status 2.
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import FORMAT_VERSION, OnnxBundle, session, sha256
+from .export import FORMAT_VERSION, HEIC_GOLDEN, OnnxBundle, heic_golden, session, sha256
 from .preprocess import RESIZE_METHOD, ImageLoadError, jpeg_draft_of
 
 REQUIRED = ("format_version", "model_version", "input", "preprocess", "embedding_dim", "grid", "locations", "tags",
@@ -80,6 +82,26 @@ def verify(bundle: Path) -> dict:
     return manifest
 
 
+def add_heic_golden(bundle: Path) -> list[str]:
+    """Write the HEIC fixtures (`export.heic_golden`) into `bundle/golden`, replace their entries in
+    golden.json (every other entry is kept as it is) and update the manifest's file list. Returns
+    the files written."""
+    manifest = verify(bundle)
+    onnx = OnnxBundle(bundle, manifest["tags"]["vocabulary"], manifest["input"]["height"], jpeg_draft_of(manifest))
+    gdir = bundle / "golden"
+    golden = json.loads((gdir / "golden.json").read_text())
+    kept = [e for e in golden["images"] if e["file"] not in HEIC_GOLDEN]
+    golden["images"] = kept + heic_golden(onnx, gdir)
+    (gdir / "golden.json").write_text(json.dumps(golden))
+    written = ["golden/golden.json", *(f"golden/{name}" for name in HEIC_GOLDEN)]
+    for rel in written:
+        manifest["files"][rel] = {"sha256": sha256(bundle / rel), "bytes": (bundle / rel).stat().st_size}
+    manifest["files"] = dict(sorted(manifest["files"].items()))
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    verify(bundle)
+    return written
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -89,8 +111,14 @@ def main(argv=None) -> int:
     e.add_argument("bundle", type=Path)
     e.add_argument("image", type=Path)
     e.add_argument("--tags", nargs="*", default=None, help="shop image tags (key:value); omit for a street photo")
+    h = sub.add_parser("add-heic-golden", help="write the HEIC fixtures and their golden entries")
+    h.add_argument("bundle", type=Path)
     args = ap.parse_args(argv)
     try:
+        if args.cmd == "add-heic-golden":
+            for rel in add_heic_golden(args.bundle):
+                print(f"wrote {args.bundle / rel}")
+            return 0
         if args.cmd == "verify":
             m = verify(args.bundle)
             print(f"ok: {m['model_version']} ({len(m['files'])} files, {m['tags']['count']} tags)")

@@ -1,7 +1,7 @@
 """Export a trained checkpoint as the ONNX bundle of models/BUNDLE.md.
 
-Writes shop.onnx, user.onnx, ctx.onnx, eval.json, golden/ (fixture images and the outputs the
-Rust side must reproduce) and manifest.json (with the sha256 of every other file). Before the
+Writes shop.onnx, user.onnx, ctx.onnx, eval.json, golden/ (fixture images, HEIC ones included, and the
+outputs the Rust side must reproduce) and manifest.json (with the sha256 of every other file). Before the
 manifest is written, torch and onnxruntime are compared on random inputs (max abs diff <= 1e-4);
 a bundle that fails the check is not written.
 
@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .heic import ROTATE_CW, save_heic, stored_rotated
 from .network import NetConfig, YNet
 from .preprocess import load_rgb, manifest_section, preprocess_file
 
@@ -219,9 +220,42 @@ def _floats(a) -> list:
     return np.round(np.asarray(a, dtype=np.float64), 7).tolist()
 
 
+def _describe(onnx: OnnxBundle, gdir: Path, name: str, domain: str, rng: np.random.Generator, tags=None) -> dict:
+    """The golden entry of one fixture image: preprocessing checksums and the graph outputs."""
+    x = preprocess_file(gdir / name, onnx.size, onnx.jpeg_draft)
+    picks = [(int(rng.integers(3)), int(rng.integers(onnx.size)), int(rng.integers(onnx.size))) for _ in range(16)]
+    e = {"file": name, "domain": domain, "preprocessed_sum": float(x.astype(np.float64).sum()),
+         "preprocessed_sample": [[c, y, xx, float(x[c, y, xx])] for c, y, xx in picks]}
+    if domain == "user":
+        f, emb = onnx.embed_user(gdir / name)
+        e.update(embedding=_floats(emb), features=_floats(f))
+    else:
+        e.update(tags=list(tags), embedding=_floats(onnx.embed_shop(gdir / name, tags)))
+    return e
+
+
+# The HEIC fixtures: a 4:3 crop of street_0 (a phone photo's shape), upright and stored sideways
+# with an irot box. Their sample positions come from their own generator, so adding them left
+# every other golden value as it was.
+HEIC_GOLDEN = ("street_heic.heic", "street_heic_rot.heic")
+
+
+def heic_golden(onnx: OnnxBundle, gdir: Path) -> list[dict]:
+    """Write the HEIC fixtures (pillow-heif's encoder) from `gdir/street_0.jpg` and return their
+    golden entries (user domain)."""
+    upright = load_rgb(gdir / "street_0.jpg")
+    w, h = upright.size
+    upright = upright.crop((0, (h - h * 3 // 4) // 2, w, (h - h * 3 // 4) // 2 + h * 3 // 4))
+    save_heic(upright, gdir / HEIC_GOLDEN[0])
+    save_heic(stored_rotated(upright), gdir / HEIC_GOLDEN[1], orientation=ROTATE_CW)
+    rng = np.random.default_rng(11)
+    return [_describe(onnx, gdir, name, "user", rng) for name in HEIC_GOLDEN]
+
+
 def write_golden(onnx: OnnxBundle, street: list[Path], shop: list[tuple[Path, tuple[str, ...]]], out: Path,
                  model_version: str) -> None:
-    """Fixture images (JPEG and PNG, one with an EXIF rotation) and their expected outputs."""
+    """Fixture images (JPEG and PNG, one with an EXIF rotation; HEIC, one with an irot rotation) and
+    their expected outputs."""
     gdir = out / "golden"
     if gdir.exists():
         shutil.rmtree(gdir)
@@ -230,15 +264,7 @@ def write_golden(onnx: OnnxBundle, street: list[Path], shop: list[tuple[Path, tu
     rng = np.random.default_rng(7)
 
     def describe(name: str, domain: str, tags=None):
-        x = preprocess_file(gdir / name, onnx.size, onnx.jpeg_draft)
-        picks = [(int(rng.integers(3)), int(rng.integers(onnx.size)), int(rng.integers(onnx.size))) for _ in range(16)]
-        e = {"file": name, "domain": domain, "preprocessed_sum": float(x.astype(np.float64).sum()),
-             "preprocessed_sample": [[c, y, xx, float(x[c, y, xx])] for c, y, xx in picks]}
-        if domain == "user":
-            f, emb = onnx.embed_user(gdir / name)
-            e.update(embedding=_floats(emb), features=_floats(f))
-        else:
-            e.update(tags=list(tags), embedding=_floats(onnx.embed_shop(gdir / name, tags)))
+        e = _describe(onnx, gdir, name, domain, rng, tags)
         entries.append(e)
         return e
 
@@ -258,6 +284,7 @@ def write_golden(onnx: OnnxBundle, street: list[Path], shop: list[tuple[Path, tu
     cands = [e for e in entries if e["domain"] == "shop"]
     scores, att = onnx.rerank(np.asarray(query["features"], np.float32),
                               np.asarray([c["embedding"] for c in cands], np.float32))
+    entries.extend(heic_golden(onnx, gdir))
     golden = {"model_version": model_version, "tolerance": 1e-3, "images": entries,
               "rerank": {"query": query["file"], "candidates": [c["file"] for c in cands],
                          "scores": _floats(scores), "attention": _floats(att)}}

@@ -9,7 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+# HEIC/HEIF (iPhone photos) through pillow-heif's libheif. It applies the file's irot/imir/clap
+# transformations itself and resets the EXIF orientation tag to 1, so exif_transpose below leaves
+# a HEIC as libheif made it upright (the service does the same: preprocess.rs / heic.rs).
+pillow_heif.register_heif_opener()
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -41,7 +47,8 @@ def draft_jpeg(img: Image.Image, size: tuple[int, int]) -> None:
 
 
 def load_rgb(path: str | Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Decode an image file, apply its EXIF orientation, convert to 8-bit RGB.
+    """Decode an image file (JPEG, PNG, WebP, HEIC/HEIF), apply its EXIF orientation (for HEIC:
+    libheif's irot/imir, the tag being reset), convert to 8-bit RGB.
 
     With `draft_size` (manifest `preprocess.jpeg_draft`), a JPEG is decoded at the smallest DCT
     scale that still gives at least that many upright pixels (`draft_jpeg`).
@@ -54,7 +61,8 @@ def load_rgb(path: str | Path, draft_size: tuple[int, int] | None = None) -> Ima
             return img.convert("RGB")
     except FileNotFoundError as exc:
         raise ImageLoadError(f"image not found: {path}") from exc
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        # pillow-heif reports a damaged HEIC (a truncated one, say) with ValueError.
         raise ImageLoadError(f"cannot decode image {path}: {exc}") from exc
 
 

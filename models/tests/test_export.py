@@ -69,7 +69,7 @@ def test_golden_outputs_reproduce(exported):
     golden = json.loads((out / "golden" / "golden.json").read_text())
     onnx = OnnxBundle(out, VOCAB, 64)
     files = {e["file"] for e in golden["images"]}
-    assert {"street_0.jpg", "street_rot.jpg", "shop_0.png"} <= files
+    assert {"street_0.jpg", "street_rot.jpg", "shop_0.png", "street_heic.heic", "street_heic_rot.heic"} <= files
     for e in golden["images"]:
         if e["domain"] == "user":
             _, emb = onnx.embed_user(out / "golden" / e["file"])
@@ -79,6 +79,8 @@ def test_golden_outputs_reproduce(exported):
     # The EXIF-rotated copy decodes upright: close to the original (only JPEG re-encoding differs).
     by = {e["file"]: np.asarray(e["embedding"]) for e in golden["images"]}
     assert by["street_rot.jpg"] @ by["street_0.jpg"] > 0.98
+    # The HEIC pair likewise: stored sideways with an irot box, decoded upright.
+    assert by["street_heic_rot.heic"] @ by["street_heic.heic"] > 0.98
 
 
 def test_bad_inputs_give_clear_messages(exported, tmp_path, capsys):

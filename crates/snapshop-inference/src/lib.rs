@@ -10,6 +10,7 @@ pub mod backend;
 pub mod bundle;
 mod error;
 pub mod fake;
+mod heic;
 mod jpeg;
 mod pillow;
 pub mod preprocess;

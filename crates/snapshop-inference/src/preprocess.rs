@@ -1,7 +1,8 @@
 //! Image file → normalised `[3, H, W]` tensor, exactly as `models/BUNDLE.md` prescribes.
 //!
-//! JPEG pixels come from libjpeg-turbo (`jpeg.rs`) and resizing from an exact port of Pillow's
-//! (`pillow.rs`); headers, EXIF, PNG and WebP from the `image` crate.
+//! JPEG pixels come from libjpeg-turbo (`jpeg.rs`), HEIC/HEIF from libheif (`heic.rs`) and
+//! resizing from an exact port of Pillow's (`pillow.rs`); headers, EXIF, PNG and WebP from the
+//! `image` crate.
 //!
 //! It exists because the embeddings are only comparable with the ones the Python pipeline
 //! produced if every pixel goes through the same steps: decode, EXIF orientation, Pillow-style
@@ -65,8 +66,8 @@ pub enum PreprocessError {
         /// `ImageLimits::max_side`.
         max_side: u32,
     },
-    /// Not a JPEG, PNG or WebP file.
-    #[error("unsupported image format: {0} (JPEG, PNG and WebP are accepted)")]
+    /// Not a JPEG, PNG, WebP or HEIC/HEIF file.
+    #[error("unsupported image format: {0} (JPEG, PNG, WebP and HEIC/HEIF are accepted)")]
     UnsupportedFormat(String),
     /// The file claims a supported format but cannot be decoded.
     #[error("cannot decode image: {0}")]
@@ -79,10 +80,10 @@ pub struct DecodedImage {
     /// The pixels, EXIF orientation applied; smaller than `source_size` when a JPEG was decoded
     /// at a DCT scale (`preprocess.jpeg_draft`).
     pub image: RgbImage,
-    /// `(width, height)` of the upright image the file holds (EXIF orientation applied), before
-    /// any DCT scaling.
+    /// `(width, height)` of the upright image the file holds (EXIF orientation, or for HEIC
+    /// the `irot`/`imir`/`clap` transformations, applied), before any DCT scaling.
     pub source_size: (u32, u32),
-    /// `"jpeg"`, `"png"` or `"webp"`.
+    /// `"jpeg"`, `"png"`, `"webp"` or `"heic"` (any HEVC-coded HEIF file).
     pub format: &'static str,
 }
 
@@ -95,7 +96,7 @@ pub struct PreparedImage {
     pub width: u32,
     /// Height of the upright source image (after EXIF orientation).
     pub height: u32,
-    /// `"jpeg"`, `"png"` or `"webp"`.
+    /// `"jpeg"`, `"png"`, `"webp"` or `"heic"`.
     pub format: &'static str,
 }
 
@@ -238,7 +239,14 @@ impl Preprocessor {
     }
 }
 
-/// Steps 1-2: decodes a JPEG, PNG or WebP file into upright 8-bit RGB at its full size,
+/// Whether `bytes` start like a HEIC/HEIF file this crate decodes: an `ftyp` box with a HEIF
+/// brand (`heic`, `heix`, `mif1`, `msf1`, `hevc`, …) and not an AVIF major brand. For callers
+/// that sniff formats before decoding (the service's 415/422 split).
+pub fn is_heif(bytes: &[u8]) -> bool {
+    crate::heic::sniff(bytes) == crate::heic::Sniffed::Heif
+}
+
+/// Steps 1-2: decodes a JPEG, PNG, WebP or HEIC file into upright 8-bit RGB at its full size,
 /// refusing files over the limits before their pixels are decoded (a bundle without
 /// `preprocess.jpeg_draft`).
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, PreprocessError> {
@@ -250,7 +258,11 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, Prepro
 /// with libjpeg's DCT scaling at the scale Pillow's `Image.draft("RGB", size)` picks
 /// ([`crate::jpeg::draft_scale`]), where `size` is `draft` in the stored orientation (swapped
 /// when the EXIF orientation transposes the image), as `models/snapshop_ml/preprocess.py`
-/// asks for it. PNG and WebP are unaffected. The limits are checked against the full size.
+/// asks for it. PNG, WebP and HEIC are unaffected. The limits are checked against the full size.
+///
+/// HEIC/HEIF (sniffed from the `ftyp` brands) goes to libheif (`heic.rs`): its `irot`/`imir`
+/// transformations make it upright and its EXIF orientation tag is ignored, as pillow-heif does
+/// (it resets the tag to 1 when it opens the file, so `ImageOps.exif_transpose` leaves it).
 pub fn decode_with(
     bytes: &[u8],
     limits: &ImageLimits,
@@ -264,6 +276,9 @@ pub fn decode_with(
     }
     if bytes.is_empty() {
         return Err(PreprocessError::Undecodable("empty file".into()));
+    }
+    if is_heif(bytes) {
+        return crate::heic::decode(bytes, limits);
     }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()

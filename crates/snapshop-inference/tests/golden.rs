@@ -116,7 +116,8 @@ fn golden_parity() {
             sum_diff / (3.0 * plane),
             sample / level
         );
-        // PNG is lossless and JPEG goes through the same libjpeg-turbo as Pillow; resizing is
+        // PNG is lossless, JPEG goes through the same libjpeg-turbo as Pillow and HEIC through
+        // a libheif that converts YCbCr to RGB as the pinned pillow-heif's does; resizing is
         // bit-exact: only float summation order remains.
         assert!(sample <= 1e-5, "{}: sample diff {sample}", img.file);
         assert!(sum_diff <= 1e-3, "{}: sum diff {sum_diff}", img.file);
@@ -145,6 +146,46 @@ fn golden_parity() {
         assert!(unrotated > 10.0 * level);
     } else {
         eprintln!("NOTE: golden/ has no street_rot.jpg; EXIF covered by unit tests only");
+    }
+
+    // HEIC: street_heic_rot.heic is stored sideways with an irot box (and an EXIF orientation
+    // of 6, which pillow-heif resets): upright, it has the size of street_heic.heic and, up to
+    // the lossy re-encoding, its pixels.
+    if let (Some(plain), Some(rot)) = (
+        golden
+            .images
+            .iter()
+            .position(|i| i.file == "street_heic.heic"),
+        golden
+            .images
+            .iter()
+            .position(|i| i.file == "street_heic_rot.heic"),
+    ) {
+        let read =
+            |i: usize| std::fs::read(dir.join("golden").join(&golden.images[i].file)).unwrap();
+        let (a, b) = (
+            decode(&read(plain), &limits).unwrap(),
+            decode(&read(rot), &limits).unwrap(),
+        );
+        assert_eq!((a.format, b.format), ("heic", "heic"));
+        assert_eq!(a.image.dimensions(), b.image.dimensions());
+        assert!(
+            a.image.width() > a.image.height(),
+            "landscape: {:?}",
+            a.image.dimensions()
+        );
+        let mean_diff = a
+            .image
+            .as_raw()
+            .iter()
+            .zip(b.image.as_raw())
+            .map(|(x, y)| f64::from(x.abs_diff(*y)))
+            .sum::<f64>()
+            / a.image.as_raw().len() as f64;
+        eprintln!("street_heic_rot.heic upright against street_heic.heic: mean abs diff {mean_diff:.2} levels");
+        assert!(mean_diff < 4.0, "{mean_diff}");
+    } else {
+        eprintln!("NOTE: golden/ has no HEIC pair; HEIC covered by unit tests only");
     }
 
     // --- graphs through the backend, batched ------------------------------------------------
