@@ -1,11 +1,14 @@
-//! The web page: `GET /` (search by photo) and its assets under `/assets/…`.
+//! The web pages: `GET /` (search by photo), `GET /console` (the merchant console) and their
+//! assets under `/assets/…`.
 //!
 //! The files in `web/` are embedded in the binary at compile time (`include_str!`): nothing is
-//! read from disk or fetched at run time, and there is no build step. The page links its assets
-//! with `?v=<version>`, a hash of all of them, so that an asset asked for with the current
-//! version can be cached for good (`immutable`) while the page itself is always revalidated.
-//! The page gets a strict content security policy: scripts, styles, images and requests from
-//! this origin only (plus `blob:` images, for the query photo shown from the user's own file).
+//! read from disk or fetched at run time, and there is no build step. The pages link their
+//! assets with `?v=<version>`, a hash of all of them, so that an asset asked for with the
+//! current version can be cached for good (`immutable`) while the pages themselves are always
+//! revalidated. The pages get a strict content security policy: scripts, styles, images and
+//! requests from this origin only (plus `blob:` images: the query photo shown from the user's
+//! own file, and product images fetched with the user's key). This module must never serve
+//! anything but these embedded files, nor loosen that policy.
 
 use std::sync::LazyLock;
 
@@ -26,6 +29,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      form-action 'none'; frame-ancestors 'none'";
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
+const CONSOLE_HTML: &str = include_str!("../../web/console.html");
 
 /// The embedded assets: name under `/assets/`, content type, bytes.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -40,16 +44,28 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../web/app.css"),
     ),
     (
+        "console.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/console.js"),
+    ),
+    (
+        "console.css",
+        "text/css; charset=utf-8",
+        include_str!("../../web/console.css"),
+    ),
+    (
         "favicon.svg",
         "image/svg+xml",
         include_str!("../../web/favicon.svg"),
     ),
 ];
 
-/// A hash of the page and every asset: what `?v=` carries.
+/// A hash of the pages and every asset: what `?v=` carries.
 static VERSION: LazyLock<String> = LazyLock::new(|| {
     let mut h = Sha256::new();
     h.update(INDEX_HTML);
+    h.update([0]);
+    h.update(CONSOLE_HTML);
     for (name, _, body) in ASSETS {
         h.update(name);
         h.update([0]);
@@ -58,12 +74,14 @@ static VERSION: LazyLock<String> = LazyLock::new(|| {
     hex::encode(&h.finalize()[..8])
 });
 
-/// The page with its asset links versioned.
+/// The pages with their asset links versioned.
 static PAGE: LazyLock<String> = LazyLock::new(|| INDEX_HTML.replace("{{version}}", &VERSION));
+static CONSOLE: LazyLock<String> = LazyLock::new(|| CONSOLE_HTML.replace("{{version}}", &VERSION));
 
 pub fn router<S: Clone + Send + Sync + 'static>() -> OpenApiRouter<S> {
     OpenApiRouter::new()
         .routes(routes!(page))
+        .routes(routes!(console))
         .routes(routes!(asset))
 }
 
@@ -93,6 +111,28 @@ fn common_headers() -> HeaderMap {
         ))),
 )]
 async fn page() -> Response {
+    html(PAGE.as_str())
+}
+
+/// The merchant console (HTML): sign in with a merchant key; list, search, create, edit and
+/// delete products and their images; start an import and watch it.
+#[utoipa::path(
+    get,
+    path = "/console",
+    tag = "web",
+    responses((status = 200, description = "The page, under a strict content security policy.",
+        content_type = "text/html; charset=utf-8", body = String,
+        headers(
+            ("Content-Security-Policy" = String, description = "Scripts, styles, images and requests from this origin only."),
+            ("Cache-Control" = String, description = "`no-cache`"),
+        ))),
+)]
+async fn console() -> Response {
+    html(CONSOLE.as_str())
+}
+
+/// An HTML page with the headers both pages share.
+fn html(body: &'static str) -> Response {
     let mut h = common_headers();
     h.insert(
         header::CONTENT_TYPE,
@@ -104,12 +144,13 @@ async fn page() -> Response {
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    (h, PAGE.as_str()).into_response()
+    (h, body).into_response()
 }
 
 errors!(AssetErrors: RouteNotFound);
 
-/// A file of the page (`app.js`, `app.css`, `favicon.svg`), embedded in the binary.
+/// A file of the pages (`app.js`, `app.css`, `console.js`, `console.css`, `favicon.svg`),
+/// embedded in the binary.
 ///
 /// Asked with the current `?v=` it is cached for good; otherwise revalidated.
 #[utoipa::path(
@@ -117,7 +158,7 @@ errors!(AssetErrors: RouteNotFound);
     path = "/assets/{name}",
     tag = "web",
     params(
-        ("name" = String, Path, description = "`app.js`, `app.css` or `favicon.svg`.",
+        ("name" = String, Path, description = "`app.js`, `app.css`, `console.js`, `console.css` or `favicon.svg`.",
             example = "app.js"),
         ("v" = Option<String>, Query, description = "The assets' version, as the page links them."),
         ("If-None-Match" = Option<String>, Header, description = "The `ETag` of the asset: 304 when current."),
@@ -207,29 +248,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_page_has_a_strict_policy_and_versioned_assets() {
-        let (status, h, body) = get("/", None).await;
-        assert_eq!(status, 200);
-        assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
-        assert_eq!(h[header::CONTENT_SECURITY_POLICY], CONTENT_SECURITY_POLICY);
-        assert_eq!(h[header::CACHE_CONTROL], "no-cache");
-        assert!(!body.contains("{{version}}"));
-        // Every asset the page links is served, and every served asset is linked.
-        for (name, _, _) in ASSETS {
-            let link = format!("/assets/{name}?v={}", *VERSION);
-            assert!(body.contains(&link), "the page does not link {link}");
+    async fn the_pages_have_a_strict_policy_and_versioned_assets() {
+        let mut linked = std::collections::BTreeSet::new();
+        for path in ["/", "/console"] {
+            let (status, h, body) = get(path, None).await;
+            assert_eq!(status, 200, "{path}");
+            assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+            assert_eq!(h[header::CONTENT_SECURITY_POLICY], CONTENT_SECURITY_POLICY);
+            assert_eq!(h[header::CACHE_CONTROL], "no-cache");
+            assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+            assert!(!body.contains("{{version}}"), "{path}");
+            // Every asset link of the page is to a served asset, at the current version.
+            for link in body.split("/assets/").skip(1) {
+                let link = &link[..link.find('"').expect("a quoted link")];
+                let (name, version) = link.split_once("?v=").expect("a versioned link");
+                assert_eq!(version, VERSION.as_str(), "{path}: {link}");
+                assert!(
+                    ASSETS.iter().any(|(n, _, _)| *n == name),
+                    "{path} links {name}, which is not served"
+                );
+                linked.insert(name.to_owned());
+            }
+            // No script or style inline: the policy would block them.
+            assert!(
+                !body.contains("<style") && !body.contains(" style="),
+                "{path}"
+            );
+            assert!(!body.contains("<script>"), "{path}");
+            let inline_handler = body.split(" on").skip(1).any(|rest| {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase())
+                    .collect();
+                !name.is_empty() && rest[name.len()..].starts_with('=')
+            });
+            assert!(!inline_handler, "{path}: an inline event handler");
         }
-        // No script or style inline: the policy would block them.
-        assert!(!body.contains("<style") && !body.contains(" style="));
-        assert!(!body.contains("<script>"));
-        let inline_handler = body.split(" on").skip(1).any(|rest| {
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_lowercase())
-                .collect();
-            !name.is_empty() && rest[name.len()..].starts_with('=')
-        });
-        assert!(!inline_handler, "an inline event handler");
+        // Every served asset is linked by some page.
+        for (name, _, _) in ASSETS {
+            assert!(linked.contains(*name), "no page links {name}");
+        }
     }
 
     #[tokio::test]

@@ -11,153 +11,22 @@
 // phone-width layout. Screenshots go to docs/img/ (SNAPSHOP_WEB_SCREENSHOTS to put them elsewhere).
 // Ends with `web: N passed, N failed[, N skipped]` and exits non-zero on any failure.
 
-import { spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, mkdirSync, existsSync } from "node:fs";
+import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { createInterface } from "node:readline";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
+import {
+  CHROMIUM, SHOTS, asAdmin, cleanups, log, check, assert, fixtureProducts, titleOf, startServer, upload, shot,
+  run,
+} from "./lib.mjs";
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const BIN = process.env.SNAPSHOP_BIN || join(ROOT, "target/debug/snapshop");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const SHOTS = process.env.SNAPSHOP_WEB_SCREENSHOTS || join(ROOT, "docs/img");
-const SUBSET = join(ROOT, "tests/fixtures/subset");
 const MERCHANT = "acme";
-// The server starts with this admin key (SNAPSHOP_ADMIN_KEY); the page gets a search key.
-const ADMIN_KEY = `sk_admin_web_${randomBytes(24).toString("hex")}`;
-const asAdmin = { Authorization: `Bearer ${ADMIN_KEY}` };
 let searchKey = null;
 const PRODUCTS = 12; // uploaded, in manifest order, among those with street photos
 const QUERY = 0; // the product whose street photo is searched with
 const WATCHDOG_MS = 120_000;
 
-const started = Date.now();
-const checks = { passed: 0, failed: 0, skipped: 0 };
-const cleanups = [];
-let serverLog = [];
-
-function log(line) {
-  console.log(`[${((Date.now() - started) / 1000).toFixed(1).padStart(5)}s] ${line}`);
-}
-
-async function check(name, fn) {
-  try {
-    await fn();
-    checks.passed++;
-    console.log(`ok - ${name}`);
-  } catch (e) {
-    checks.failed++;
-    console.log(`not ok - ${name}\n  ${String(e && e.stack ? e.stack : e).split("\n").join("\n  ")}`);
-    throw new Stop();
-  }
-}
-class Stop extends Error {}
-
-function assert(cond, message) {
-  if (!cond) throw new Error(message);
-}
-
-// --- fixtures --------------------------------------------------------------------------------
-
-function fixtureProducts() {
-  const lines = readFileSync(join(SUBSET, "manifest.csv"), "utf8").trim().split("\n").slice(1);
-  const byId = new Map();
-  for (const line of lines) {
-    const [image, id, domain, , tags] = line.split(",");
-    if (!byId.has(id)) byId.set(id, { id, tags: [], shop: [], user: [] });
-    const p = byId.get(id);
-    if (domain === "shop") {
-      p.shop.push(join(SUBSET, image));
-      for (const t of (tags || "").split(";").filter(Boolean)) if (!p.tags.includes(t)) p.tags.push(t);
-    } else {
-      p.user.push(join(SUBSET, image));
-    }
-  }
-  return [...byId.values()].filter((p) => p.shop.length && p.user.length).slice(0, PRODUCTS);
-}
-
-function titleOf(p) {
-  const tag = (k) => (p.tags.find((t) => t.startsWith(`${k}:`)) || "").split(":")[1] || "";
-  const words = [tag("color"), tag("category")].filter(Boolean).join(" ") || p.id;
-  const pattern = tag("pattern");
-  return words[0].toUpperCase() + words.slice(1) + (pattern && pattern !== "solid" ? `, ${pattern}` : "");
-}
-
-function mime(path) {
-  return path.endsWith(".png") ? "image/png" : path.endsWith(".webp") ? "image/webp" : "image/jpeg";
-}
-
-// --- the server ------------------------------------------------------------------------------
-
-// The server reads every SNAPSHOP_* variable as configuration (and refuses unknown keys such as
-// scripts/test.sh's SNAPSHOP_REQUIRE_ORT): it gets none but the bootstrap admin key.
-function serverEnv() {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("SNAPSHOP_")));
-  env.RUST_LOG = process.env.RUST_LOG || "info,ort=warn";
-  env.SNAPSHOP_ADMIN_KEY = ADMIN_KEY;
-  return env;
-}
-
-async function startServer() {
-  assert(existsSync(BIN), `${BIN} is missing: build it first (cargo build --bin snapshop)`);
-  const dataDir = mkdtempSync(join(tmpdir(), "snapshop-web-"));
-  cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
-  const child = spawn(BIN, [
-    "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir,
-    "--bundle", join(ROOT, "models/default"), "--log-format", "json", "--intra-threads", "1",
-  ], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env: serverEnv() });
-  const exited = new Promise((res) => child.once("exit", (code, signal) => res({ code, signal })));
-  cleanups.push(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGTERM");
-      const t = setTimeout(() => child.kill("SIGKILL"), 10_000);
-      await exited;
-      clearTimeout(t);
-    }
-  });
-  const addr = await new Promise((res, rej) => {
-    const timer = setTimeout(() => rej(new Error("the server did not start in 60 s")), 60_000);
-    exited.then(({ code, signal }) => rej(new Error(`the server exited (${code ?? signal})`)));
-    for (const stream of [child.stdout, child.stderr]) {
-      createInterface({ input: stream }).on("line", (line) => {
-        serverLog.push(line);
-        if (serverLog.length > 200) serverLog = serverLog.slice(-200);
-        const m = line.includes('"serving"') && line.match(/"addr":"([^"]+)"/);
-        if (m) { clearTimeout(timer); res(m[1]); }
-      });
-    }
-  });
-  const base = `http://${addr}`;
-  for (let i = 0; ; i++) {
-    const r = await fetch(`${base}/readyz`).catch(() => null);
-    if (r && r.ok) break;
-    assert(i < 100, "/readyz never became ready");
-    await new Promise((res) => setTimeout(res, 100));
-  }
-  return { base, stop: cleanups[cleanups.length - 1], exited };
-}
-
-async function upload(base, p) {
-  const form = new FormData();
-  const product = { id: p.id, title: titleOf(p), tags: p.tags };
-  form.append("product", new Blob([JSON.stringify(product)], { type: "application/json" }));
-  for (const path of p.shop) {
-    form.append("image", new Blob([readFileSync(path)], { type: mime(path) }), path.split("/").pop());
-  }
-  const r = await fetch(`${base}/v1/merchants/${MERCHANT}/products`, { method: "POST", body: form, headers: asAdmin });
-  assert(r.status === 201, `creating ${p.id}: ${r.status} ${await r.text()}`);
-}
-
 // --- the test --------------------------------------------------------------------------------
-
-// A screenshot from the top of the page, with no focus ring.
-async function shot(page, name, fullPage = true) {
-  await page.evaluate(() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); });
-  await page.screenshot({ path: join(SHOTS, name), fullPage });
-}
 
 async function main() {
   const products = fixtureProducts();
@@ -349,31 +218,4 @@ async function main() {
   });
 }
 
-const watchdog = setTimeout(() => {
-  console.log(`not ok - the test took more than ${WATCHDOG_MS / 1000} s`);
-  checks.failed++;
-  finish(1);
-}, WATCHDOG_MS);
-
-async function finish(code) {
-  clearTimeout(watchdog);
-  for (const f of cleanups.reverse()) {
-    try { await f(); } catch { /* best effort */ }
-  }
-  if (code !== 0 && serverLog.length) {
-    console.log("--- the server's last log lines (request lines left out)");
-    console.log(serverLog.filter((l) => !l.includes("finished processing request")).slice(-20).join("\n"));
-  }
-  log("done");
-  console.log(`web: ${checks.passed} passed, ${checks.failed} failed` +
-    (checks.skipped ? `, ${checks.skipped} skipped` : ""));
-  process.exit(code);
-}
-
-main().then(() => finish(checks.failed ? 1 : 0), (e) => {
-  if (!(e instanceof Stop)) {
-    checks.failed++;
-    console.log(`not ok - ${e && e.stack ? e.stack : e}`);
-  }
-  finish(1);
-});
+run(main, WATCHDOG_MS);
