@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The import rate of docs/import.md: the shop images of tests/fixtures/subset (one row per image)
 # imported with `snapshop import` into a fresh server (the shipped bundle, CPU), then imported
-# again (everything unchanged). Prints the importer's two summary lines.
+# again (everything unchanged). Prints the importer's two summary lines. Then the same file as a
+# server-side import job (POST /v1/merchants/{m}/imports, images read under import.root) for a
+# second merchant, twice, with each job's counts and time.
 #
 #   bash scripts/import-bench.sh            # target/debug/snapshop; SNAPSHOP_BIN for a release build
 set -euo pipefail
@@ -38,7 +40,7 @@ EOF
 admin="sk_admin_$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 url="http://127.0.0.1:$port"
-SNAPSHOP_ADMIN_KEY="$admin" SNAPSHOP_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" \
+SNAPSHOP_ADMIN_KEY="$admin" SNAPSHOP_LOG=warn SNAPSHOP_IMPORT__ROOT="$ROOT/tests/fixtures/subset" "$BIN" serve --listen "127.0.0.1:$port" \
   --data-dir "$work/data" --bundle models/default >"$work/server.log" 2>&1 &
 pid=$!
 for _ in $(seq 240); do curl -sf "$url/readyz" >/dev/null && break; sleep 0.5; done
@@ -48,4 +50,26 @@ echo "import-bench: $(nproc) cores, $BIN, $(grep -c . "$work/subset.csv") lines"
 for run in first rerun; do
   SNAPSHOP_KEY="$key" "$BIN" import "$work/subset.csv" --url "$url" --merchant acme \
     --progress none --errors "$work/errors-$run.csv" 2>&1 | grep '^import:'
+done
+jobkey=$(curl -sf "$url/v1/keys" -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
+  -d '{"kind": "merchant", "merchant": "acme-jobs"}' | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+for run in first rerun; do
+  python3 - "$url" "$jobkey" "$work/subset.csv" <<'EOF'
+import json, sys, time, urllib.request
+url, key, path = sys.argv[1:]
+auth = {"Authorization": f"Bearer {key}"}
+body = open(path, "rb").read()
+start = time.monotonic()
+req = urllib.request.Request(f"{url}/v1/merchants/acme-jobs/imports", data=body, method="POST",
+                             headers={**auth, "content-type": "text/csv"})
+job = json.load(urllib.request.urlopen(req))
+while job["status"] in ("queued", "running"):
+    time.sleep(0.1)
+    job = json.load(urllib.request.urlopen(urllib.request.Request(
+        f"{url}/v1/merchants/acme-jobs/imports/{job['id']}", headers=auth)))
+s = time.monotonic() - start
+print(f"import job: {job['status']}, {job['rows']} rows, {job['products']} products "
+      f"({job['created']} created, {job['updated']} updated, {job['unchanged']} unchanged, "
+      f"{job['failed']} failed), {job['images']} images, {job['error_count']} errors in {s:.1f} s")
+EOF
 done

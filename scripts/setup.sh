@@ -8,18 +8,22 @@
 # pg_ctl the store's Postgres contract tests use when no server answers (scripts/test-postgres.sh).
 # With --schemathesis, also the pinned schemathesis (scripts/requirements-schemathesis.txt) that
 # scripts/schemathesis.sh fuzzes the API with.
+# With --observability (as scripts/test.sh asks), also Debian's prometheus package, for the
+# promtool that scripts/check-observability.sh checks the Prometheus config, the alert rules and a
+# live /metrics with.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
-build=1 browser_test=0 postgres_test=0 schemathesis=0
+build=1 browser_test=0 postgres_test=0 schemathesis=0 observability=0
 for arg in "$@"; do
   case "$arg" in
     --no-build) build=0 ;;
     --browser-test) browser_test=1 ;;
     --postgres-test) postgres_test=1 ;;
     --schemathesis) schemathesis=1 ;;
-    *) echo "setup: unknown option $arg (known: --no-build, --browser-test, --postgres-test, --schemathesis)" >&2; exit 2 ;;
+    --observability) observability=1 ;;
+    *) echo "setup: unknown option $arg (known: --no-build, --browser-test, --postgres-test, --schemathesis, --observability)" >&2; exit 2 ;;
   esac
 done
 
@@ -28,6 +32,13 @@ done
 if ! dpkg -s libjpeg62-turbo-dev >/dev/null 2>&1; then
   echo "setup: installing libjpeg62-turbo-dev (Debian)"
   apt-get update -qq && apt-get install -y -qq libjpeg62-turbo-dev
+fi
+
+# libheif's headers (Debian 12: 1.15, with libde265 for HEVC): the service decodes HEIC/HEIF
+# photos with it, as pillow-heif does in the pipeline (crates/snapshop-inference/src/heic.rs).
+if ! dpkg -s libheif-dev >/dev/null 2>&1; then
+  echo "setup: installing libheif-dev (Debian)"
+  apt-get update -qq && apt-get install -y -qq libheif-dev
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -71,6 +82,11 @@ fi
 if [ "$postgres_test" = 1 ] && ! dpkg -s postgresql-15 >/dev/null 2>&1; then
   echo "setup: installing postgresql-15 (Debian) for the store's Postgres contract tests"
   apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql-15
+fi
+
+if [ "$observability" = 1 ] && ! command -v promtool >/dev/null; then
+  echo "setup: installing prometheus (Debian) for promtool"
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus
 fi
 
 if [ "$build" = 1 ]; then

@@ -9,7 +9,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash scripts/setup.sh --no-build --browser-test --postgres-test --schemathesis
+bash scripts/setup.sh --no-build --browser-test --postgres-test --schemathesis --observability
 . scripts/env.sh
 . scripts/test-postgres.sh
 # Tests that need ONNX Runtime or the shipped bundle fail here, instead of skipping, when either
@@ -34,8 +34,15 @@ echo "== browser test (tests/web/)"
 # Screenshots go to the temporary directory; refresh docs/img/ with
 # `SNAPSHOP_WEB_SCREENSHOTS=docs/img node tests/web/search.mjs`.
 SNAPSHOP_WEB_SCREENSHOTS="${SNAPSHOP_WEB_SCREENSHOTS:-$log/screenshots}" node tests/web/search.mjs 2>&1 | tee "$log/web"
+# The merchant console (/console), the same way; refresh its docs/img/console-*.png with
+# `SNAPSHOP_WEB_SCREENSHOTS=docs/img node tests/web/console.mjs`.
+SNAPSHOP_WEB_SCREENSHOTS="${SNAPSHOP_WEB_SCREENSHOTS:-$log/screenshots}" node tests/web/console.mjs 2>&1 | tee "$log/web-console"
 echo "== quick start with keys (scripts/quickstart.sh)"
 bash scripts/quickstart.sh 2>&1 | tee "$log/quickstart"
+echo "== observability (scripts/check-observability.sh)"
+# promtool on the Prometheus config, alert rules (and their unit tests) and a live /metrics; the
+# Grafana dashboard's structure; every metric its queries and the alerts use, exported live.
+bash scripts/check-observability.sh 2>&1 | tee "$log/observability"
 echo "== schemathesis (scripts/schemathesis.sh)"
 bash scripts/schemathesis.sh 2>&1 | tee "$log/schemathesis"
 
@@ -51,8 +58,12 @@ rs_passed=$(count "$log/cargo" '^test result:' passed)
 rs_failed=$(count "$log/cargo" '^test result:' failed)
 web_passed=$(count "$log/web" '^web:' passed)
 web_failed=$(count "$log/web" '^web:' failed)
+web_passed=$(( web_passed + $(count "$log/web-console" '^web:' passed) ))
+web_failed=$(( web_failed + $(count "$log/web-console" '^web:' failed) ))
 qs_passed=$(count "$log/quickstart" '^quickstart:' passed)
 qs_failed=$(count "$log/quickstart" '^quickstart:' failed)
+ob_passed=$(count "$log/observability" '^observability:' passed)
+ob_failed=$(count "$log/observability" '^observability:' failed)
 # schemathesis counts operations fuzzed (each one a test) and failures.
 st_line=$(grep -E '^schemathesis: [0-9]+ operations' "$log/schemathesis" | tail -n 1 || true)
 st_ops=$(echo "$st_line" | awk '{print $2 + 0}')
@@ -62,5 +73,6 @@ echo "pytest: ${py_passed:-0} passed, ${py_failed:-0} failed"
 echo "cargo: ${rs_passed:-0} passed, ${rs_failed:-0} failed"
 echo "web: ${web_passed:-0} passed, ${web_failed:-0} failed"
 echo "quickstart: ${qs_passed:-0} passed, ${qs_failed:-0} failed"
+echo "observability: ${ob_passed:-0} passed, ${ob_failed:-0} failed"
 echo "${st_line:-schemathesis: no summary line}"
-echo "total: $(( ${py_passed:-0} + ${rs_passed:-0} + ${web_passed:-0} + ${qs_passed:-0} + ${st_ops:-0} )) passed, $(( ${py_failed:-0} + ${rs_failed:-0} + ${web_failed:-0} + ${qs_failed:-0} + ${st_failed:-0} )) failed"
+echo "total: $(( ${py_passed:-0} + ${rs_passed:-0} + ${web_passed:-0} + ${qs_passed:-0} + ${ob_passed:-0} + ${st_ops:-0} )) passed, $(( ${py_failed:-0} + ${rs_failed:-0} + ${web_failed:-0} + ${qs_failed:-0} + ${ob_failed:-0} + ${st_failed:-0} )) failed"

@@ -43,6 +43,7 @@ pub struct Application {
 pub struct Background {
     stop: Arc<AtomicBool>,
     task: JoinHandle<()>,
+    imports: JoinHandle<()>,
     hup: Option<JoinHandle<()>>,
 }
 
@@ -298,7 +299,13 @@ pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppS
     bootstrap_keys(&config, store.as_ref()).await?;
     let files = crate::files::ImageFiles::new(&config.data_dir);
     let t = Instant::now();
-    let n = crate::swap::reembed_stale(store.as_ref(), &files, &model, |_| {}).await?;
+    let n = crate::swap::reembed_stale(
+        store.as_ref(),
+        &files,
+        &model,
+        reembed_progress(store.counts().await?.images, model.version()),
+    )
+    .await?;
     if n > 0 {
         tracing::warn!(images = n, elapsed_ms = t.elapsed().as_millis() as u64, model_version = %model.version(), "re-embedded images made by another model version");
     }
@@ -327,6 +334,36 @@ pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppS
         "state loaded"
     );
     Ok(core)
+}
+
+/// Logs the start-up re-embedding's progress (done, rate, ETA) at most every 5 s: on a large
+/// catalogue it can take minutes before the service is ready, and the log is all there is to
+/// watch. `total` bounds it (every stored image).
+fn reembed_progress(total: u64, model_version: &str) -> impl FnMut(u64) {
+    let started = Instant::now();
+    let mut last = started;
+    let version = model_version.to_owned();
+    move |done: u64| {
+        if last.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        last = Instant::now();
+        let secs = started.elapsed().as_secs_f64();
+        let rate = done as f64 / secs.max(1e-9);
+        let eta_secs = if rate > 0.0 {
+            (total.saturating_sub(done) as f64 / rate).round() as u64
+        } else {
+            0
+        };
+        tracing::info!(
+            done,
+            total,
+            rate = format!("{rate:.1}/s"),
+            eta_secs,
+            model_version = %version,
+            "re-embedding images made by another model version"
+        );
+    }
 }
 
 /// Starts periodic maintenance (and the SIGHUP reload).
@@ -389,7 +426,13 @@ pub fn start_background(state: &AppState) -> Background {
     };
     #[cfg(not(unix))]
     let hup = None;
-    Background { stop, task, hup }
+    let imports = tokio::spawn(crate::jobs::run(state.clone(), stop.clone()));
+    Background {
+        stop,
+        task,
+        imports,
+        hup,
+    }
 }
 
 async fn maintain_index(st: &AppState, stop: &Arc<AtomicBool>) {
@@ -426,7 +469,10 @@ async fn save_snapshot(state: &AppState) -> anyhow::Result<()> {
 pub async fn shutdown_state(state: &AppState, background: Background) -> anyhow::Result<()> {
     background.stop.store(true, Ordering::Release);
     state.wake_background();
+    state.wake_imports();
     let _ = background.task.await;
+    // An import job saves its progress and ends its lease before this returns.
+    let _ = background.imports.await;
     if let Some(h) = background.hup {
         h.abort();
     }

@@ -126,11 +126,14 @@ pub async fn run(state: &AppState, opts: &BenchOptions) -> anyhow::Result<BenchR
     // Recall of the graph's first pass against exact search, with real query embeddings.
     let mut recalls = Vec::new();
     let mut graph_ms = Vec::new();
-    for q in rows
+    let recall_rows: Vec<_> = rows
         .iter()
         .filter(|r| r.domain == "user")
         .take(opts.recall_queries)
-    {
+        .collect();
+    let bar = crate::progress::bar(recall_rows.len() as u64, "recall");
+    for q in recall_rows {
+        bar.inc(1);
         let bytes = Bytes::from(tokio::fs::read(&q.image).await?);
         let prepared = serving.model.prepare(bytes, state.image_limits()).await?;
         let user = serving.model.embed_user(prepared.tensor).await?;
@@ -149,6 +152,7 @@ pub async fn run(state: &AppState, opts: &BenchOptions) -> anyhow::Result<BenchR
             recalls.push(got as f64 / truth.len() as f64);
         }
     }
+    bar.finish_and_clear();
     let recall = recalls.iter().sum::<f64>() / recalls.len().max(1) as f64;
     let graph_search_p50_ms = percentile(&mut graph_ms, 0.5);
 
@@ -170,13 +174,16 @@ pub async fn run(state: &AppState, opts: &BenchOptions) -> anyhow::Result<BenchR
         search::search(state, photo.clone(), &search_opts).await?;
     }
     let mut timings = Vec::with_capacity(opts.iterations);
+    let bar = crate::progress::bar(opts.iterations.max(1) as u64, "searches");
     for _ in 0..opts.iterations.max(1) {
+        bar.inc(1);
         timings.push(
             search::search(state, photo.clone(), &search_opts)
                 .await?
                 .timings,
         );
     }
+    bar.finish_and_clear();
     Ok(BenchReport {
         machine: machine(),
         device: serving.model.device().to_owned(),

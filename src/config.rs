@@ -85,6 +85,34 @@ pub struct Config {
     pub auth: Auth,
     pub rate_limits: crate::auth::limit::RateLimits,
     pub quotas: Quotas,
+    pub import: ImportSettings,
+}
+
+/// Server-side import jobs (`POST /v1/merchants/{merchant}/imports`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImportSettings {
+    /// The directory import files may name images under (relative paths and `file://` URIs);
+    /// nothing outside it is read. Unset: an import may name only images already stored
+    /// (`sha256:<hex>`).
+    pub root: Option<PathBuf>,
+    /// Products a job writes at once.
+    pub concurrency: usize,
+    /// Row errors kept per job (all are counted).
+    pub max_errors_kept: usize,
+    /// Seconds a runner holds a job without saving progress before another may take it over.
+    pub lease_secs: u64,
+}
+
+impl Default for ImportSettings {
+    fn default() -> Self {
+        Self {
+            root: None,
+            concurrency: 4,
+            max_errors_kept: 1000,
+            lease_secs: 30,
+        }
+    }
 }
 
 /// Request and image limits.
@@ -221,6 +249,7 @@ impl Default for Config {
             auth: Auth::default(),
             rate_limits: crate::auth::limit::RateLimits::default(),
             quotas: Quotas::default(),
+            import: ImportSettings::default(),
         }
     }
 }
@@ -396,6 +425,9 @@ impl Config {
             return bad("maintenance intervals must be positive");
         }
         self.rate_limits.validate().map_err(ConfigError::Invalid)?;
+        if self.import.concurrency == 0 || self.import.lease_secs == 0 {
+            return bad("import.concurrency and import.lease_secs must be positive");
+        }
         if self.auth.bootstrap_admin_key.as_ref().is_some_and(|k| {
             k.len() < crate::auth::MIN_BOOTSTRAP_LEN || k.contains(char::is_whitespace)
         }) {

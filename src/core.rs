@@ -44,6 +44,8 @@ pub struct Core {
     swap: Mutex<SwapStatus>,
     /// Wakes the background task (a dirty view to repair, shutdown).
     wake: Notify,
+    /// Wakes the import job runner (a job was submitted, or shutdown).
+    imports: Notify,
     ready: AtomicBool,
     authenticator: Authenticator,
     rate_limiter: RateLimiter,
@@ -78,6 +80,7 @@ impl Core {
             write_gate: Arc::new(RwLock::new(())),
             swap: Mutex::new(SwapStatus::Idle),
             wake: Notify::new(),
+            imports: Notify::new(),
             ready: AtomicBool::new(false),
             authenticator: Authenticator::new(store.clone(), config.auth.dev_mode),
             rate_limiter: RateLimiter::new(config.rate_limits.clone()),
@@ -211,11 +214,24 @@ impl Core {
         self.wake.notified().await
     }
 
+    pub(crate) fn wake_imports(&self) {
+        self.imports.notify_one();
+    }
+
+    pub(crate) async fn imports_woken(&self) {
+        self.imports.notified().await
+    }
+
     /// Applies a committed change to `view`. Never fails the write: if the view cannot take it,
     /// the view is marked dirty and the background task reconciles it from the store.
-    pub async fn apply(&self, view: &Arc<SearchView>, change: Change) {
+    pub async fn apply(
+        &self,
+        view: &Arc<SearchView>,
+        change: Change,
+        stamp: snapshop_store::ChangeStamp,
+    ) {
         let v = view.clone();
-        let result = tokio::task::spawn_blocking(move || v.apply(&change)).await;
+        let result = tokio::task::spawn_blocking(move || v.apply(&change, stamp)).await;
         let failed = match result {
             Ok(Ok(())) => return,
             Ok(Err(e)) => format!("{e}"),
@@ -232,9 +248,12 @@ impl Core {
         let _gate = self.exclusive_gate().await;
         let serving = self.serving();
         let started = Instant::now();
+        // Before the states: the view then never claims a change they may not hold.
+        let position = self.store.last_change().await?;
         let states = self.store.load_states(serving.model.version()).await?;
         let view = serving.view.clone();
-        let report = tokio::task::spawn_blocking(move || view.reconcile(states)).await??;
+        let report =
+            tokio::task::spawn_blocking(move || view.reconcile(states, position)).await??;
         tracing::info!(
             ?report,
             elapsed_ms = started.elapsed().as_millis() as u64,

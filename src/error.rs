@@ -40,12 +40,15 @@ error_codes! {
     MalformedJson = "malformed_json", 400, "a JSON body or JSON part is not valid JSON";
     InvalidRequest = "invalid_request", 400, "a bad query parameter, header, cursor or multipart body";
     InvalidFilter = "invalid_filter", 400, "the tag filter cannot be parsed";
+    ConfirmationRequired = "confirmation_required", 400, "a destructive bulk operation (a purge) without `force: true`";
     Unauthenticated = "unauthenticated", 401, "no API key, or one that is unknown, revoked or expired (with `WWW-Authenticate`)";
     Forbidden = "forbidden", 403, "a valid key outside its scope: another merchant, a kind that may not call this route, or an origin the key does not allow";
     QuotaExceeded = "quota_exceeded", 403, "the write would take the merchant past its product or image quota";
     ProductNotFound = "product_not_found", 404, "no product with this id for this merchant";
+    ImageNotFound = "image_not_found", 404, "the product has no image with this id";
     MerchantNotFound = "merchant_not_found", 404, "no merchant with this id";
     KeyNotFound = "key_not_found", 404, "no API key with this id that the caller may see";
+    ImportNotFound = "import_not_found", 404, "the merchant has no import job with this id";
     RouteNotFound = "route_not_found", 404, "no such route";
     MethodNotAllowed = "method_not_allowed", 405, "the route exists, the method does not";
     ProductExists = "product_exists", 409, "the merchant already has a product with this id";
@@ -89,9 +92,11 @@ impl Coded for snapshop_store::StoreError {
         match self {
             E::ProductExists { .. } => ErrorCode::ProductExists,
             E::ProductNotFound { .. } => ErrorCode::ProductNotFound,
+            E::ImageNotFound { .. } => ErrorCode::ImageNotFound,
             E::VersionConflict { .. } => ErrorCode::VersionConflict,
             E::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
             E::KeyNotFound(_) => ErrorCode::KeyNotFound,
+            E::JobNotFound(_) => ErrorCode::ImportNotFound,
             // Tokens are random: a collision means the same token was given twice.
             E::KeyExists => ErrorCode::InvalidField,
             E::UnsupportedUrl(_) | E::Corrupt(_) | E::Db(_) | E::Migrate(_) => ErrorCode::Internal,

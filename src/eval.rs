@@ -184,6 +184,7 @@ pub async fn ingest_gallery(
     let started = Instant::now();
     let batch_limit = state.config().limits.max_images_per_request;
     let merchant = &Merchant::parse("eval").expect("a valid merchant name");
+    let bar = &crate::progress::bar(gallery_images as u64, "gallery");
     stream::iter(order.iter().map(|pid| {
         let (tags, files) = &gallery[pid];
         (
@@ -214,16 +215,19 @@ pub async fn ingest_gallery(
         ingest::create_product(state, merchant, product, bytes)
             .await
             .with_context(|| format!("ingesting product {pid}"))?;
+        bar.inc(files.len().min(batch_limit) as u64);
         for chunk in rest.chunks(batch_limit) {
             ingest::add_images(state, merchant, &pid, chunk.to_vec(), None)
                 .await
                 .with_context(|| format!("ingesting product {pid}"))?;
+            bar.inc(chunk.len() as u64);
         }
         anyhow::Ok(())
     })
     .buffer_unordered(concurrency.max(1))
     .try_collect::<Vec<()>>()
     .await?;
+    bar.finish_and_clear();
     tracing::info!(
         products = order.len(),
         images = gallery_images,
@@ -263,6 +267,7 @@ pub async fn run(state: &AppState, opts: &EvalOptions) -> anyhow::Result<EvalRep
     }
     .resolve(&state.config().search)?;
     let search_start = Instant::now();
+    let bar = &crate::progress::bar(queries.len() as u64, "queries");
     let ranks: Vec<Ranks> = stream::iter(queries.iter())
         .map(|q| {
             let search_opts = &search_opts;
@@ -287,12 +292,14 @@ pub async fn run(state: &AppState, opts: &EvalOptions) -> anyhow::Result<EvalRep
                     let own = top.iter().find(|c| c.product.external_id == q.product_id)?;
                     Some(top.iter().filter(|c| key(c) > key(own)).count())
                 };
+                bar.inc(1);
                 anyhow::Ok((rank(false), rank(outcome.reranked)))
             }
         })
         .buffered(opts.concurrency.max(1))
         .try_collect()
         .await?;
+    bar.finish_and_clear();
     let search_seconds = search_start.elapsed().as_secs_f64();
 
     let p_at = |pick: fn(&Ranks) -> Option<usize>| {

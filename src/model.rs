@@ -153,6 +153,12 @@ impl Model {
         self.queue.queue_depth()
     }
 
+    /// The bundle's preprocessing (decode, resize, normalise), for callers that add a step
+    /// between them (a search region).
+    pub fn preprocessor(&self) -> &Arc<Preprocessor> {
+        &self.preprocessor
+    }
+
     /// Decodes and preprocesses an image on the blocking pool.
     pub async fn prepare(&self, bytes: Bytes, limits: ImageLimits) -> Result<Prepared, ImageError> {
         images::prepare(self.preprocessor.clone(), bytes, limits).await

@@ -193,6 +193,8 @@ pub async fn build_view(
     cfg.validate().context("invalid index configuration")?;
     let dir = config.data_dir.join("index");
     let version = model.version().to_owned();
+    // Before the states: the view then never claims a change they may not hold.
+    let position = store.last_change().await?;
     let states = store.load_states(&version).await?;
     let (c, d, v) = (cfg.clone(), dir.clone(), version.clone());
     let loaded = if reuse_snapshot {
@@ -222,7 +224,7 @@ pub async fn build_view(
         Arc::new(ann),
     ));
     let v = view.clone();
-    let report = tokio::task::spawn_blocking(move || v.reconcile(states)).await??;
+    let report = tokio::task::spawn_blocking(move || v.reconcile(states, position)).await??;
     tracing::info!(?report, model_version = %version, elapsed_ms = started.elapsed().as_millis() as u64, "search view ready");
     Ok(view)
 }
@@ -318,9 +320,10 @@ async fn run_swap(core: &Arc<Core>, model: Arc<Model>, from: String) -> anyhow::
     // The switch: no write commits from here until the new pair serves.
     let gate = core.exclusive_gate().await;
     images += reembed_stale(store, core.files(), &model, |_| {}).await?;
+    let position = store.last_change().await?;
     let states = store.load_states(&to).await?;
     let v = view.clone();
-    tokio::task::spawn_blocking(move || v.reconcile(states)).await??;
+    tokio::task::spawn_blocking(move || v.reconcile(states, position)).await??;
     let old = core.switch(Serving {
         model: model.clone(),
         view,

@@ -28,7 +28,8 @@ use crate::error::ErrorCode;
 
 /// Headers a browser may send cross-origin, and those it may read.
 const ALLOW_HEADERS: &str = "authorization, content-type, if-match, x-request-id";
-const EXPOSE_HEADERS: &str = "etag, retry-after, x-request-id, www-authenticate";
+const EXPOSE_HEADERS: &str = "etag, location, retry-after, x-request-id, www-authenticate, \
+     x-index-version, x-decode-time, x-embed-time, x-ann-time, x-rerank-time, x-total-time";
 const ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// Whether a matched route needs no key.

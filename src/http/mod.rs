@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod imports;
 pub mod keys;
 pub mod merchants;
 pub mod openapi;
@@ -14,6 +15,7 @@ pub mod ops;
 pub mod products;
 pub mod search;
 pub mod web;
+pub mod whoami;
 
 use std::time::{Duration, Instant};
 

@@ -31,7 +31,7 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, keys, merchants, ops, products, search, web};
+use super::{admin, imports, keys, merchants, ops, products, search, web, whoami};
 use crate::core::AppState;
 use crate::error::ErrorCode;
 
@@ -41,6 +41,7 @@ pub const PUBLIC: &[&str] = &[
     "/readyz",
     "/metrics",
     "/",
+    "/console",
     "/assets/{name}",
     "/openapi.json",
     "/docs",
@@ -63,13 +64,14 @@ pub const DOCS_PATH: &str = "/docs";
     ),
     tags(
         (name = "products", description = "A merchant's products and their images"),
+        (name = "imports", description = "Import jobs: a catalogue file written in the background"),
         (name = "search", description = "Search by photo"),
         (name = "vocabulary", description = "The model's tag vocabulary"),
         (name = "operations", description = "Liveness, readiness and metrics"),
         (name = "admin", description = "The model in service and its hot swap"),
         (name = "keys", description = "API keys: admin, merchant and search keys"),
         (name = "merchants", description = "Merchants, their catalogue sizes and quotas"),
-        (name = "web", description = "The search page and its assets"),
+        (name = "web", description = "The search page, the merchant console and their assets"),
         (name = "docs", description = "This contract and its UI"),
     )
 )]
@@ -79,12 +81,14 @@ struct ApiDoc;
 pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(products::router())
+        .merge(imports::router())
         .merge(search::router())
         .merge(ops::router())
         .merge(admin::router())
         .merge(keys::router())
         .merge(merchants::router())
         .merge(web::router())
+        .merge(whoami::router())
 }
 
 /// The finished spec, as served at [`SPEC_PATH`].
@@ -139,7 +143,7 @@ pub fn error_responses(codes: &[ErrorCode]) -> BTreeMap<String, RefOr<Response>>
         .collect()
 }
 
-/// An uploaded image file: JPEG, PNG or WebP bytes.
+/// An uploaded image file: JPEG, PNG, WebP or HEIC/HEIF bytes.
 pub struct ImageFile;
 
 impl PartialSchema for ImageFile {
@@ -148,7 +152,7 @@ impl PartialSchema for ImageFile {
             "type": "string",
             "format": "binary",
             "contentMediaType": "image/*",
-            "description": "Image bytes: JPEG, PNG or WebP (EXIF orientation is applied)."
+            "description": "Image bytes: JPEG, PNG, WebP or HEIC/HEIF (EXIF orientation is applied; for HEIC, the file's irot/imir rotation and mirroring)."
         }))
     }
 }
@@ -196,11 +200,17 @@ pub enum SwapStatusSchema {
     },
 }
 
-/// The schema of the ANN index counters (`snapshop_index::IndexStats`).
+/// The schema of `/readyz`'s `index` block: the ANN index counters
+/// (`snapshop_index::IndexStats`) and the view's freshness (`crate::http::ops`).
 #[allow(dead_code)]
 #[derive(ToSchema)]
 #[schema(as = IndexStats)]
 pub struct IndexStatsSchema {
+    /// The catalogue change the index reflects (a search's `index_version`).
+    version: i64,
+    /// When that change was written (RFC 3339); `null` before any change.
+    #[schema(format = DateTime)]
+    updated_at: Option<String>,
     /// Live keys (`graph + fresh`).
     live: usize,
     /// Live keys searchable through the graph.
@@ -513,7 +523,7 @@ fn multipart_encoding(schema: Option<&Value>, schemas: &Value) -> Map<String, Va
             p = p.get("items").map(resolve).unwrap_or(Value::Null);
         }
         let content_type = if p.get("format") == Some(&json!("binary")) {
-            "image/jpeg, image/png, image/webp"
+            "image/jpeg, image/png, image/webp, image/heic, image/heif"
         } else {
             "application/json"
         };
@@ -562,5 +572,9 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("image/jpeg"));
+        assert!(form["encoding"]["image"]["contentType"]
+            .as_str()
+            .unwrap()
+            .contains("image/heic"));
     }
 }

@@ -59,7 +59,7 @@ struct Ready {
     #[schema(value_type = String, example = "hnsw")]
     ann: &'static str,
     #[schema(value_type = IndexStatsSchema)]
-    index: snapshop_index::IndexStats,
+    index: ReadyIndex,
     products: usize,
     /// Moves with every change the search view applies.
     view_version: u64,
@@ -69,6 +69,15 @@ struct Ready {
     /// The running or last model swap.
     #[schema(value_type = SwapStatusSchema)]
     model_swap: SwapStatus,
+}
+
+/// The index counters with the view's freshness (a search's `index_version`).
+#[derive(Serialize)]
+struct ReadyIndex {
+    version: i64,
+    updated_at: Option<String>,
+    #[serde(flatten)]
+    stats: snapshop_index::IndexStats,
 }
 
 errors!(ReadyErrors: NotReady);
@@ -102,7 +111,14 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> 
         device: serving.model.device(),
         store: state.store().backend(),
         ann: serving.view.ann().name(),
-        index: serving.view.stats(),
+        index: {
+            let at = serving.view.position();
+            ReadyIndex {
+                version: at.seq,
+                updated_at: (at.seq > 0).then(|| super::products::rfc3339(at.at)),
+                stats: serving.view.stats(),
+            }
+        },
         products: serving.view.product_count(),
         view_version: serving.view.version(),
         view_dirty: serving.view.is_dirty(),

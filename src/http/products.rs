@@ -28,7 +28,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_product, list_products))
         .routes(routes!(get_product, update_product, delete_product))
         .routes(routes!(add_images))
-        .routes(routes!(get_image))
+        .routes(routes!(get_image, delete_image))
+        .routes(routes!(purge_products))
 }
 
 /// A stored image of a product.
@@ -263,6 +264,10 @@ errors!(ListErrors: InvalidRequest, InvalidField);
 errors!(UpdateErrors: InvalidRequest, MalformedJson, InvalidField, ProductNotFound,
     VersionConflict, PayloadTooLarge, UnsupportedMediaType, Overloaded);
 errors!(DeleteErrors: InvalidRequest, InvalidField, ProductNotFound, VersionConflict, Overloaded);
+errors!(DeleteImageErrors: InvalidRequest, InvalidField, ProductNotFound, ImageNotFound,
+    VersionConflict, Overloaded);
+errors!(PurgeErrors: InvalidRequest, MalformedJson, InvalidField, InvalidFilter,
+    ConfirmationRequired, PayloadTooLarge, UnsupportedMediaType);
 
 /// Create a product with its images.
 ///
@@ -374,6 +379,7 @@ async fn get_product(
                 (ImageFile = "image/jpeg"),
                 (ImageFile = "image/png"),
                 (ImageFile = "image/webp"),
+                (ImageFile = "image/heic"),
                 (ImageFile = "application/octet-stream"),
             ),
             headers(
@@ -411,6 +417,7 @@ async fn get_image(
         "jpeg" => "image/jpeg",
         "png" => "image/png",
         "webp" => "image/webp",
+        "heic" => "image/heic",
         _ => "application/octet-stream",
     };
     let etag = format!("\"{}\"", image.sha256);
@@ -446,6 +453,113 @@ async fn get_image(
         .map_err(ApiError::internal)?;
     out.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     Ok((out, bytes).into_response())
+}
+
+/// Delete one image of a product.
+///
+/// The image leaves search results at once; the product's version moves on (a new `ETag`) and
+/// the answer is the product as `GET` returns it. A product left without images stays: it is
+/// readable but no search finds it. Honours `If-Match`. The file is deleted by the background
+/// sweep once no image row refers to it (files are content-addressed and may be shared).
+#[utoipa::path(
+    delete,
+    path = "/v1/merchants/{merchant}/products/{id}/images/{image_id}",
+    tag = "products",
+    params(ImageParams, IfMatchHeader),
+    responses(
+        (status = 200, description = "The product without the image (after the commit).",
+            body = ProductBody,
+            headers(("ETag" = String, description = "The product's new version."))),
+        DeleteImageErrors,
+    ),
+)]
+async fn delete_image(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    ApiPath((_, id, image_id)): ApiPath<(String, String, String)>,
+    IfMatch(if_match): IfMatch,
+) -> Result<impl IntoResponse, ApiError> {
+    let wanted: i64 = image_id.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::ImageNotFound,
+            format!("product {id:?} has no image {image_id:?}"),
+        )
+    })?;
+    let out = ingest::delete_image(&state, &merchant, &id, wanted, if_match).await?;
+    Ok(written(StatusCode::OK, out))
+}
+
+/// The body of a purge.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = PurgeRequest, example = json!({"filter": "category:dress,color:red|color:blue", "force": true}))]
+struct PurgeRequest {
+    /// Which products go: the search filter's syntax (compact string or `{"all": [...]}`);
+    /// absent or `null`: every product of the merchant.
+    #[schema(value_type = Option<crate::search::filter::FilterSpec>)]
+    filter: Option<serde_json::Value>,
+    /// Must be `true` to delete (400 `confirmation_required` otherwise), as Google Vision's
+    /// `productSets.purge` asks for `force`.
+    #[serde(default)]
+    force: bool,
+    /// Only count what would be deleted; needs no `force`.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// What a purge deleted.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = PurgeResult, example = json!({"deleted": 120, "matched": 120, "images": 410, "dry_run": false}))]
+struct PurgeBody {
+    /// Products deleted (0 on a dry run).
+    deleted: usize,
+    /// Products the filter matched (what a dry run would delete).
+    matched: usize,
+    /// Their images (the files are swept later, once unreferenced).
+    images: u64,
+    dry_run: bool,
+}
+
+/// Delete a merchant's products, all or those a tag filter matches.
+///
+/// `{"filter": …, "force": true}`: one transaction deletes every matching product with its
+/// images, and they leave search results at once. Without `"force": true` nothing happens (400
+/// `confirmation_required`); `"dry_run": true` answers the count and deletes nothing. A
+/// custom method on the collection (`products:purge`, as Google's APIs spell them), so it never
+/// clashes with a product whose id is `purge`.
+#[utoipa::path(
+    post,
+    path = "/v1/merchants/{merchant}/products:purge",
+    tag = "products",
+    operation_id = "purge_products",
+    params(MerchantParams),
+    request_body(content = PurgeRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Deleted (after the commit), or counted on a dry run.",
+            body = PurgeBody),
+        PurgeErrors,
+    ),
+)]
+async fn purge_products(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    ApiJson(req): ApiJson<PurgeRequest>,
+) -> Result<Json<PurgeBody>, ApiError> {
+    let filter = crate::search::parse_filter(req.filter)?;
+    if !req.force && !req.dry_run {
+        return Err(ApiError::new(
+            ErrorCode::ConfirmationRequired,
+            "a purge deletes products for good: send \"force\": true (or \"dry_run\": true to count them)",
+        ));
+    }
+    let purged = ingest::purge(&state, &merchant, filter, req.dry_run).await?;
+    let matched = purged.product_ids.len();
+    Ok(Json(PurgeBody {
+        deleted: if req.dry_run { 0 } else { matched },
+        matched,
+        images: purged.images,
+        dry_run: req.dry_run,
+    }))
 }
 
 /// Change a product's title, tags or attributes.

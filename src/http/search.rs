@@ -50,6 +50,20 @@ pub struct SearchParams {
     pub explain: Option<bool>,
     #[param(inline)]
     pub group: Option<Grouping>,
+    /// Leave out results scoring below this (the `score` they are sorted by).
+    #[param(example = 0.5)]
+    pub min_score: Option<f32>,
+    /// Results to skip (after grouping and `min_score`), for the next page: the previous
+    /// answer's `next_offset`. `offset + k` must be at most `candidates` (400
+    /// `invalid_request`). Each page is computed again, so pages agree while `index_version`
+    /// does.
+    #[param(minimum = 0, example = 20)]
+    pub offset: Option<usize>,
+    /// Search with part of the photo: `x,y,w,h` in whole pixels of the photo as displayed
+    /// (EXIF orientation applied), or `relative:x,y,w,h` in fractions of its width and height
+    /// (0-1). Empty, or outside the photo: 422 `invalid_field`.
+    #[param(example = "relative:0.25,0.1,0.5,0.8")]
+    pub region: Option<String>,
 }
 
 impl From<SearchParams> for RawOptions {
@@ -62,6 +76,9 @@ impl From<SearchParams> for RawOptions {
             merchant: q.merchant,
             explain: q.explain,
             group: q.group,
+            min_score: q.min_score,
+            offset: q.offset,
+            region: q.region.map(serde_json::Value::String),
         }
     }
 }
@@ -90,9 +107,11 @@ pub struct ResultBody {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = SearchResponse, example = json!({
     "model_version": "ynet-mnv2-192-1", "reranked": true, "candidates": 256,
+    "index_version": 1042, "index_updated_at": "2026-12-01T12:00:00.123Z",
     "results": [{"product_id": "sku-1", "merchant": "acme", "title": "Red dress",
         "tags": ["category:dress", "color:red"], "image_id": 1, "score": 0.83,
         "first_pass_rank": 3, "first_pass_score": 0.71}],
+    "next_offset": 20,
     "timings_ms": {"decode": 41.2, "embed": 18.5, "ann": 0.9, "rerank": 12.3, "total": 73.4}
 }))]
 pub struct SearchBody {
@@ -100,12 +119,24 @@ pub struct SearchBody {
     pub reranked: bool,
     /// First-pass candidates considered.
     pub candidates: usize,
+    /// The catalogue change the search index reflects: the store's change sequence number of
+    /// the latest write applied to it (0 before any). It only grows, also across restarts.
+    pub index_version: i64,
+    /// When that change was written (RFC 3339); `null` before any change.
+    #[schema(format = DateTime)]
+    pub index_updated_at: Option<String>,
     pub results: Vec<ResultBody>,
+    /// The `offset` of the next page when more results follow; `null` on the last page.
+    pub next_offset: Option<usize>,
     pub timings_ms: Timings,
 }
 
-fn timing_headers(t: &Timings) -> HeaderMap {
+fn timing_headers(t: &Timings, index_version: i64) -> HeaderMap {
     let mut h = HeaderMap::new();
+    h.insert(
+        HeaderName::from_static("x-index-version"),
+        HeaderValue::from(index_version),
+    );
     for (name, v) in [
         ("x-decode-time", t.decode),
         ("x-embed-time", t.embed),
@@ -160,6 +191,7 @@ errors!(SearchErrors: InvalidRequest, MalformedJson, InvalidFilter, InvalidField
                 ("x-ann-time" = String, description = "Milliseconds in the first pass."),
                 ("x-rerank-time" = String, description = "Milliseconds re-ranking."),
                 ("x-total-time" = String, description = "Milliseconds in all."),
+                ("x-index-version" = String, description = "The body's `index_version`."),
             )),
         SearchErrors,
     ),
@@ -199,8 +231,9 @@ async fn search_handler(
     };
     let outcome = search::search(&state, image, &opts).await?;
     let (h, w) = outcome.grid;
-    let results = outcome
-        .top(opts.k, opts.group, true)
+    let page = outcome.page(&opts);
+    let results = page
+        .results
         .into_iter()
         .map(|c| ResultBody {
             product_id: c.product.external_id.clone(),
@@ -221,8 +254,15 @@ async fn search_handler(
         model_version: outcome.model_version.clone(),
         reranked: outcome.reranked,
         candidates: outcome.candidates.len(),
+        index_version: outcome.index.seq,
+        index_updated_at: (outcome.index.seq > 0)
+            .then(|| super::products::rfc3339(outcome.index.at)),
         results,
+        next_offset: page.next_offset,
         timings_ms: outcome.timings,
     };
-    Ok((timing_headers(&outcome.timings), Json(body)))
+    Ok((
+        timing_headers(&outcome.timings, outcome.index.seq),
+        Json(body),
+    ))
 }

@@ -126,6 +126,25 @@ pub fn detect(path: &Path) -> Result<Format, InputError> {
             break;
         }
     }
+    detect_first_line(&first).map_err(|e| {
+        InputError::Header(format!(
+            "{}: {e}; say --format csv|jsonl|gcp",
+            path.display()
+        ))
+    })
+}
+
+/// The format of input `bytes` (an upload), by its first non-blank line as [`detect`] does.
+pub fn detect_bytes(bytes: &[u8]) -> Result<Format, String> {
+    let first = bytes
+        .split(|b| *b == b'\n')
+        .map(String::from_utf8_lossy)
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    detect_first_line(&first)
+}
+
+fn detect_first_line(first: &str) -> Result<Format, String> {
     let first = first.trim_start_matches('\u{feff}');
     if first.trim_start().starts_with('{') {
         return Ok(Format::Jsonl);
@@ -136,12 +155,12 @@ pub fn detect(path: &Path) -> Result<Format, InputError> {
     } else if fields.len() >= 8 {
         Ok(Format::Gcp)
     } else {
-        Err(InputError::Header(format!(
-            "{}: cannot tell the format: the first line is neither a CSV header naming `id` \
-             (id, title, tags, attributes, image or images) nor a Google Cloud Vision bulk-import \
-             line (8 columns); say --format csv|jsonl|gcp",
-            path.display()
-        )))
+        Err(
+            "cannot tell the format: the first line is neither a JSON object, a CSV header \
+             naming `id` (id, title, tags, attributes, image or images) nor a Google Cloud \
+             Vision bulk-import line (8 columns)"
+                .to_owned(),
+        )
     }
 }
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use snapshop_store::{
-    Expect, NewImage, NewProduct as NewProductRow, ProductRecord, ProductUpdate, StoreError,
-    Written,
+    Expect, NewImage, NewProduct as NewProductRow, ProductRecord, ProductUpdate, PurgeFilter,
+    Purged, StoreError, Written,
 };
 
 use crate::core::{Core, Serving};
@@ -24,7 +24,7 @@ use crate::error::{Coded, ErrorCode};
 use crate::ids::{validate_product_id, ETag, IdError, Merchant};
 use crate::images;
 use crate::model::{Model, ModelError};
-use crate::search::filter::validate_tag;
+use crate::search::filter::{validate_tag, TagFilter};
 use crate::view::Change;
 
 #[derive(Debug, thiserror::Error)]
@@ -297,8 +297,12 @@ where
         return Ok(None);
     }
     let written = write.await?;
-    core.apply(&serving.view, Change::Upsert(written.state.clone()))
-        .await;
+    core.apply(
+        &serving.view,
+        Change::Upsert(written.state.clone()),
+        written.change,
+    )
+    .await;
     Ok(Some(written))
 }
 
@@ -379,6 +383,7 @@ pub async fn create_product(
             .store()
             .create_product(row, images, serving.model.version());
         if let Some(w) = commit(core, &serving, write).await? {
+            metrics::counter!("snapshop_images_ingested_total").increment(files.len() as u64);
             return Ok(ingested(&serving, w.product));
         }
     }
@@ -453,6 +458,7 @@ pub async fn add_images(
         // Kept for the next attempt, should this one lose its compare-and-set.
         embedded = Some((serving.model.version().to_owned(), current.tags, images));
         if let Some(w) = settle(core, &serving, write, if_match, attempt).await? {
+            metrics::counter!("snapshop_images_ingested_total").increment(files.len() as u64);
             return Ok(ingested(&serving, w.product));
         }
     }
@@ -542,9 +548,84 @@ pub async fn delete_product(
         Change::Delete {
             product_id: deleted.product.id,
         },
+        deleted.change,
     )
     .await;
     Ok(())
+}
+
+/// Deletes one image of a product; it leaves search results at once, and the product (also
+/// when left without images) stays. The file is swept later if no other image row uses it.
+#[tracing::instrument(skip_all, fields(merchant = %merchant, id, image_id))]
+pub async fn delete_image(
+    core: &Core,
+    merchant: &Merchant,
+    id: &str,
+    image_id: i64,
+    if_match: Option<ETag>,
+) -> Result<Ingested, IngestError> {
+    for attempt in 0..MAX_ATTEMPTS {
+        let serving = core.serving();
+        let expect = match if_match {
+            None => None,
+            Some(_) => {
+                let current = core.store().get_product(merchant.as_str(), id).await?;
+                check_if_match(&current, if_match)?
+            }
+        };
+        let write = core.store().delete_image(
+            merchant.as_str(),
+            id,
+            image_id,
+            expect,
+            serving.model.version(),
+        );
+        // Only a model switch (the state must be the serving model's) makes it start again.
+        if let Some(w) = settle(core, &serving, write, if_match, attempt).await? {
+            return Ok(ingested(&serving, w.product));
+        }
+    }
+    Err(contended(merchant, id))
+}
+
+/// Deletes every product of the merchant that `filter` matches (all of them without one), in
+/// one store transaction, and takes them out of the search view in one pass. With `dry_run`,
+/// only says what it would delete. Concurrent writes are safe: the purge commits under the
+/// shared write gate like any write, a product a concurrent write re-tags out of the filter
+/// first is kept, and a late apply of an older state cannot bring a purged product back.
+#[tracing::instrument(skip_all, fields(merchant = %merchant, dry_run))]
+pub async fn purge(
+    core: &Core,
+    merchant: &Merchant,
+    filter: TagFilter,
+    dry_run: bool,
+) -> Result<Purged, IngestError> {
+    let filter = PurgeFilter { all: filter.all };
+    if dry_run {
+        return Ok(core.store().purge(merchant.as_str(), &filter, true).await?);
+    }
+    let _gate = core.write_gate().await;
+    let serving = core.serving();
+    let purged = core
+        .store()
+        .purge(merchant.as_str(), &filter, false)
+        .await?;
+    if let Some(stamp) = purged.change {
+        core.apply(
+            &serving.view,
+            Change::DeleteMany {
+                product_ids: purged.product_ids.clone(),
+            },
+            stamp,
+        )
+        .await;
+    }
+    tracing::info!(
+        products = purged.product_ids.len(),
+        images = purged.images,
+        "purged"
+    );
+    Ok(purged)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The search path of the paper's §4.1, for one photo:
-//! admission → decode → user branch (features + mean-pooled embedding) → ANN first pass over the
+//! admission → decode (and the optional `region` crop, [`region`]) → user branch (features + mean-pooled embedding) → ANN first pass over the
 //! TagYNet shop embeddings (top N, after filters) → one CtxYNet re-rank call over all N
 //! candidates → group by product (best image wins) → top k.
 //!
@@ -9,6 +9,7 @@
 //! pool, the models to the inference queue.
 
 pub mod filter;
+pub mod region;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::error::{Coded, ErrorCode};
 use crate::images::ImageError;
 use crate::view::ProductInfo;
 use filter::TagFilter;
+use region::{Region, RegionError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -34,6 +36,9 @@ pub enum SearchError {
     Filter(String),
     #[error("{0}")]
     Invalid(String),
+    /// A well-formed option whose value cannot be used (a region outside the photo).
+    #[error("{0}")]
+    Field(String),
     #[error(transparent)]
     Overloaded(#[from] Overloaded),
     #[error("inference failed: {0}")]
@@ -44,12 +49,22 @@ pub enum SearchError {
     Internal(String),
 }
 
+impl From<RegionError> for SearchError {
+    fn from(e: RegionError) -> Self {
+        match e {
+            RegionError::Invalid(m) => SearchError::Field(format!("region: {m}")),
+            RegionError::Image(e) => SearchError::Image(e),
+        }
+    }
+}
+
 impl Coded for SearchError {
     fn code(&self) -> ErrorCode {
         match self {
             SearchError::Image(e) => e.code(),
             SearchError::Filter(_) => ErrorCode::InvalidFilter,
             SearchError::Invalid(_) => ErrorCode::InvalidRequest,
+            SearchError::Field(_) => ErrorCode::InvalidField,
             SearchError::Overloaded(_) => ErrorCode::Overloaded,
             SearchError::Inference(e) => e.code(),
             SearchError::Index(e) => e.code(),
@@ -89,6 +104,14 @@ pub struct RawOptions {
     pub merchant: Option<String>,
     pub explain: Option<bool>,
     pub group: Option<Grouping>,
+    /// Results with a lower score are left out (the score the results are sorted by).
+    pub min_score: Option<f32>,
+    /// Results skipped, after grouping and `min_score`: `offset + k` at most `candidates`.
+    pub offset: Option<usize>,
+    /// Search with this part of the photo only: `x,y,w,h` in pixels, `relative:x,y,w,h` in
+    /// fractions, or `{"x", "y", "w", "h", "unit"}`.
+    #[schema(value_type = Option<region::RegionSpec>)]
+    pub region: Option<serde_json::Value>,
 }
 
 impl RawOptions {
@@ -105,6 +128,12 @@ impl RawOptions {
             merchant: over.merchant.or(self.merchant),
             explain: over.explain.or(self.explain),
             group: over.group.or(self.group),
+            min_score: over.min_score.or(self.min_score),
+            offset: over.offset.or(self.offset),
+            region: match over.region {
+                None | Some(serde_json::Value::Null) => self.region,
+                r => r,
+            },
         }
     }
 
@@ -127,14 +156,23 @@ impl RawOptions {
         if candidates < k {
             return Err(SearchError::Invalid("candidates must be at least k".into()));
         }
-        let filter = match self.filter {
-            None | Some(serde_json::Value::Null) => Ok(TagFilter::default()),
-            Some(serde_json::Value::String(text)) => TagFilter::parse(&text),
-            Some(v) => serde_json::from_value::<TagFilter>(v)
-                .map_err(|e| e.to_string())
-                .and_then(TagFilter::validated),
+        let filter = parse_filter(self.filter)?;
+        let offset = self.offset.unwrap_or(0);
+        if offset.saturating_add(k) > candidates {
+            return Err(SearchError::Invalid(format!(
+                "offset + k ({offset} + {k}) must be at most candidates ({candidates}): a page \
+                 must lie within the candidates re-ranked; ask for more candidates to page further"
+            )));
         }
-        .map_err(SearchError::Filter)?;
+        if self.min_score.is_some_and(|m| !m.is_finite()) {
+            return Err(SearchError::Invalid(
+                "min_score must be a finite number".into(),
+            ));
+        }
+        let region = match self.region {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(Region::parse(v)?),
+        };
         Ok(SearchOptions {
             k,
             candidates,
@@ -144,8 +182,24 @@ impl RawOptions {
             scope: None,
             explain: self.explain.unwrap_or(false),
             group: self.group.unwrap_or_default(),
+            min_score: self.min_score,
+            offset,
+            region,
         })
     }
+}
+
+/// A filter as a client sent it (a compact or JSON string, a `{"all": ...}` object, or nothing),
+/// parsed and checked; 400 `invalid_filter` otherwise. Search and purge read filters alike.
+pub fn parse_filter(value: Option<serde_json::Value>) -> Result<TagFilter, SearchError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(TagFilter::default()),
+        Some(serde_json::Value::String(text)) => TagFilter::parse(&text),
+        Some(v) => serde_json::from_value::<TagFilter>(v)
+            .map_err(|e| e.to_string())
+            .and_then(TagFilter::validated),
+    }
+    .map_err(SearchError::Filter)
 }
 
 /// Validated search options.
@@ -161,6 +215,11 @@ pub struct SearchOptions {
     pub scope: Option<Vec<String>>,
     pub explain: bool,
     pub group: Grouping,
+    pub min_score: Option<f32>,
+    /// Results skipped (after grouping and `min_score`).
+    pub offset: usize,
+    /// The part of the photo to search with; `None`: all of it.
+    pub region: Option<Region>,
 }
 
 impl SearchOptions {
@@ -225,9 +284,34 @@ pub struct SearchOutcome {
     pub reranked: bool,
     pub timings: Timings,
     pub grid: (usize, usize),
+    /// The view's place in the store's change sequence when the search began.
+    pub index: snapshop_store::ChangeStamp,
+}
+
+/// One page of results.
+#[derive(Debug)]
+pub struct Page<'a> {
+    pub results: Vec<&'a Candidate>,
+    /// The `offset` of the next page, when more results follow this one.
+    pub next_offset: Option<usize>,
 }
 
 impl SearchOutcome {
+    /// The page the options ask for: results ordered by score (re-rank, else first pass),
+    /// grouped, without those under `min_score`, `offset` skipped, then `k`.
+    pub fn page(&self, opts: &SearchOptions) -> Page<'_> {
+        let all = self.top(self.candidates.len(), opts.group, true);
+        let kept: Vec<&Candidate> = all
+            .into_iter()
+            .take_while(|c| opts.min_score.is_none_or(|m| c.score() >= m))
+            .collect();
+        let end = opts.offset.saturating_add(opts.k);
+        Page {
+            next_offset: (kept.len() > end).then_some(end),
+            results: kept.into_iter().skip(opts.offset).take(opts.k).collect(),
+        }
+    }
+
     /// The final results: ordered by re-rank score (or first-pass score without re-rank),
     /// grouped, truncated to `k`. Ties keep the first-pass order.
     pub fn top(&self, k: usize, group: Grouping, by_rerank: bool) -> Vec<&Candidate> {
@@ -280,7 +364,20 @@ pub async fn search(
     let serving = core.serving();
     let start = Instant::now();
     let t = Instant::now();
-    let prepared = serving.model.prepare(image, core.image_limits()).await?;
+    let prepared = match opts.region {
+        None => serving.model.prepare(image, core.image_limits()).await?,
+        Some(r) => {
+            crate::images::check_format(&image)?;
+            let (pre, limits) = (serving.model.preprocessor().clone(), core.image_limits());
+            let span = tracing::Span::current();
+            tokio::task::spawn_blocking(move || {
+                let _g = span.enter();
+                region::prepare(&pre, &image, &limits, &r)
+            })
+            .await
+            .map_err(|e| SearchError::Internal(format!("preprocessing task failed: {e}")))??
+        }
+    };
     let decode = ms(t);
     record_stage("decode", decode);
     let mut outcome = search_prepared(&serving, prepared.tensor, opts).await?;
@@ -299,6 +396,8 @@ pub async fn search_prepared(
     let mut timings = Timings::default();
     let model = &serving.model;
     let grid = model.grid();
+    // Before the first pass: the results reflect at least this change.
+    let index = serving.view.position();
 
     let t = Instant::now();
     let user = model.embed_user(tensor).await?;
@@ -391,6 +490,7 @@ pub async fn search_prepared(
         reranked,
         timings,
         grid,
+        index,
     })
 }
 
@@ -436,6 +536,30 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((merged.k, merged.merchant.as_deref()), (Some(5), Some("a")));
+        // A page must lie within the candidates; a score bound must be a number.
+        let paged = |k, candidates, offset| RawOptions {
+            k: Some(k),
+            candidates: Some(candidates),
+            offset: Some(offset),
+            ..Default::default()
+        };
+        assert_eq!(paged(10, 20, 10).resolve(&s).unwrap().offset, 10);
+        assert_eq!(bad(paged(10, 20, 11)), ErrorCode::InvalidRequest);
+        assert_eq!(bad(paged(10, 20, usize::MAX)), ErrorCode::InvalidRequest);
+        assert_eq!(
+            bad(RawOptions {
+                min_score: Some(f32::NAN),
+                ..Default::default()
+            }),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            bad(RawOptions {
+                region: Some(serde_json::json!("0,0,0,0")),
+                ..Default::default()
+            }),
+            ErrorCode::InvalidField
+        );
         let f = RawOptions {
             filter: Some(serde_json::json!({"all": [["a:b"]]})),
             ..Default::default()
@@ -476,6 +600,7 @@ mod tests {
             reranked: true,
             timings: Timings::default(),
             grid: (1, 1),
+            index: Default::default(),
         };
         let keys = |v: Vec<&Candidate>| v.iter().map(|c| c.key).collect::<Vec<_>>();
         // Re-ranked: product 20 and 30 tie at 0.7 (first-pass order decides), product 10 at
@@ -495,5 +620,48 @@ mod tests {
             keys(outcome.top(10, Grouping::Image, true)),
             vec![2, 4, 3, 1]
         );
+    }
+
+    #[test]
+    fn pages_follow_grouping_and_min_score() {
+        let outcome = SearchOutcome {
+            model_version: "v".into(),
+            candidates: vec![
+                cand(1, 10, 1, 0.9, Some(0.9)),
+                cand(2, 10, 2, 0.8, Some(0.8)),
+                cand(3, 20, 3, 0.7, Some(0.7)),
+                cand(4, 30, 4, 0.6, Some(0.6)),
+                cand(5, 40, 5, 0.5, Some(0.5)),
+            ],
+            reranked: true,
+            timings: Timings::default(),
+            grid: (1, 1),
+            index: Default::default(),
+        };
+        let opts = |k, offset, min_score| SearchOptions {
+            k,
+            offset,
+            min_score,
+            ..RawOptions::default()
+                .resolve(&SearchSettings::default())
+                .unwrap()
+        };
+        let keys = |p: Page<'_>| {
+            (
+                p.results.iter().map(|c| c.key).collect::<Vec<_>>(),
+                p.next_offset,
+            )
+        };
+        // Grouped by product first (key 2 is product 10's second image), then paged.
+        assert_eq!(keys(outcome.page(&opts(2, 0, None))), (vec![1, 3], Some(2)));
+        assert_eq!(keys(outcome.page(&opts(2, 2, None))), (vec![4, 5], None));
+        assert_eq!(keys(outcome.page(&opts(2, 4, None))), (vec![], None));
+        // min_score before the page: three products reach 0.6.
+        assert_eq!(
+            keys(outcome.page(&opts(2, 0, Some(0.6)))),
+            (vec![1, 3], Some(2))
+        );
+        assert_eq!(keys(outcome.page(&opts(2, 2, Some(0.6)))), (vec![4], None));
+        assert_eq!(keys(outcome.page(&opts(5, 0, Some(0.95)))), (vec![], None));
     }
 }

@@ -8,6 +8,10 @@
 //! older than what the view holds is ignored. It must never be written before the store's
 //! transaction has committed, and never holds a lock across I/O. Methods block: call them off
 //! the async runtime.
+//!
+//! It also knows how fresh it is: the highest place in the store's change sequence
+//! ([`ChangeStamp`]) it has applied or been reconciled to, which every search reports as its
+//! `index_version` (monotone, also across a restart: a reconcile starts from the store's).
 
 pub mod ann;
 
@@ -17,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use roaring::RoaringTreemap;
 use snapshop_index::{Hit, IndexError, IndexStats, Key};
-use snapshop_store::ProductState;
+use snapshop_store::{ChangeStamp, ProductState};
 
 pub use ann::{AnnFilter, AnnIndex, HnswAnn, Payload};
 
@@ -42,6 +46,8 @@ pub enum Change {
     Upsert(ProductState),
     /// The product is gone (product ids are never reused).
     Delete { product_id: i64 },
+    /// Several products are gone at once (a purge): one pass over the postings.
+    DeleteMany { product_ids: Vec<i64> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +161,8 @@ pub struct SearchView {
     apply: Mutex<()>,
     /// Moves with every applied change.
     version: AtomicU64,
+    /// The latest change in the store's sequence this view reflects (see the module docs).
+    position: RwLock<ChangeStamp>,
     /// Set when an apply failed after its commit: the view may lag the store until reconciled.
     dirty: AtomicBool,
 }
@@ -191,6 +199,7 @@ impl SearchView {
             postings: RwLock::new(Postings::default()),
             apply: Mutex::new(()),
             version: AtomicU64::new(0),
+            position: RwLock::new(ChangeStamp::default()),
             dirty: AtomicBool::new(false),
         }
     }
@@ -216,6 +225,18 @@ impl SearchView {
         self.version.load(Ordering::Acquire)
     }
 
+    /// The latest change of the store's sequence this view reflects: `seq` never goes back.
+    pub fn position(&self) -> ChangeStamp {
+        *self.position.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn advance(&self, to: ChangeStamp) {
+        let mut p = self.position.write().unwrap_or_else(|e| e.into_inner());
+        if to.seq > p.seq {
+            *p = to;
+        }
+    }
+
     pub fn is_dirty(&self) -> bool {
         self.dirty.load(Ordering::Acquire)
     }
@@ -224,9 +245,17 @@ impl SearchView {
         self.dirty.store(true, Ordering::Release);
     }
 
-    /// Applies one committed change. On error nothing of it is applied to the postings (the
-    /// index may hold part of it); the caller marks the view dirty and reconciles.
-    pub fn apply(&self, change: &Change) -> Result<(), ViewError> {
+    /// Applies one committed change, made at `stamp` in the store's change sequence (the view's
+    /// position moves to it, also when the change is older than what the view holds). On error
+    /// nothing of it is applied to the postings (the index may hold part of it) and the position
+    /// stays; the caller marks the view dirty and reconciles.
+    pub fn apply(&self, change: &Change, stamp: ChangeStamp) -> Result<(), ViewError> {
+        self.apply_change(change)?;
+        self.advance(stamp);
+        Ok(())
+    }
+
+    fn apply_change(&self, change: &Change) -> Result<(), ViewError> {
         let _serial = self.apply.lock().unwrap_or_else(|e| e.into_inner());
         match change {
             Change::Upsert(s) => {
@@ -277,15 +306,37 @@ impl SearchView {
                     self.ann.remove(key);
                 }
             }
+            Change::DeleteMany { product_ids } => {
+                let keys: Vec<Key> = {
+                    let mut p = self.write();
+                    let mut keys = Vec::new();
+                    for pid in product_ids {
+                        p.deleted.insert(*pid);
+                        if let Some(slot) = p.unlink(*pid) {
+                            keys.extend(slot.keys);
+                        }
+                    }
+                    keys
+                };
+                for key in keys {
+                    self.ann.remove(key);
+                }
+            }
         }
         self.version.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
     /// Makes the view exactly `states` (the store's, for this model): postings rebuilt, the
-    /// index's extra keys removed and missing ones inserted. Clears the dirty mark. The caller
-    /// makes sure no write commits meanwhile (it holds the write gate, or nothing serves yet).
-    pub fn reconcile(&self, states: Vec<ProductState>) -> Result<Reconciled, ViewError> {
+    /// index's extra keys removed and missing ones inserted. Clears the dirty mark, and moves the
+    /// position to `position`: the store's [`snapshop_store::CatalogStore::last_change`] read
+    /// *before* the states, so the view never claims more than they reflect. The caller makes
+    /// sure no write commits meanwhile (it holds the write gate, or nothing serves yet).
+    pub fn reconcile(
+        &self,
+        states: Vec<ProductState>,
+        position: ChangeStamp,
+    ) -> Result<Reconciled, ViewError> {
         let _serial = self.apply.lock().unwrap_or_else(|e| e.into_inner());
         let mut fresh = Postings::default();
         let mut wanted: HashSet<Key> = HashSet::new();
@@ -327,6 +378,7 @@ impl SearchView {
         *self.write() = fresh;
         self.dirty.store(false, Ordering::Release);
         self.version.fetch_add(1, Ordering::AcqRel);
+        self.advance(position);
         Ok(report)
     }
 
@@ -457,6 +509,13 @@ mod tests {
         }
     }
 
+    fn stamp(seq: i64) -> ChangeStamp {
+        ChangeStamp {
+            seq,
+            at: seq * 1000,
+        }
+    }
+
     fn view() -> SearchView {
         let dir = tempfile::tempdir().unwrap().keep();
         SearchView::new("v1", 8, Arc::new(HnswAnn::new(IndexConfig::new(8), dir)))
@@ -469,11 +528,14 @@ mod tests {
     #[test]
     fn filters_resolve_to_keys() {
         let v = view();
-        v.reconcile(vec![
-            state(1, 1, "a", &["category:dress", "color:red"], &[100, 101]),
-            state(2, 1, "a", &["category:dress", "color:blue"], &[200]),
-            state(3, 1, "b", &["category:skirt", "color:red"], &[300]),
-        ])
+        v.reconcile(
+            vec![
+                state(1, 1, "a", &["category:dress", "color:red"], &[100, 101]),
+                state(2, 1, "a", &["category:dress", "color:blue"], &[200]),
+                state(3, 1, "b", &["category:skirt", "color:red"], &[300]),
+            ],
+            stamp(0),
+        )
         .unwrap();
         assert_eq!(v.allowed(&TagFilter::default(), None), None);
         let f = TagFilter::parse("color:red").unwrap();
@@ -524,9 +586,9 @@ mod tests {
         let s2 = state(1, 2, "a", &["color:blue"], &[2, 3]);
         let s3 = state(1, 3, "a", &["color:green"], &[3, 4]);
         // Out of order: 3 first, then the older ones are ignored.
-        v.apply(&Change::Upsert(s3.clone())).unwrap();
-        v.apply(&Change::Upsert(s1)).unwrap();
-        v.apply(&Change::Upsert(s2)).unwrap();
+        v.apply(&Change::Upsert(s3.clone()), stamp(0)).unwrap();
+        v.apply(&Change::Upsert(s1), stamp(0)).unwrap();
+        v.apply(&Change::Upsert(s2), stamp(0)).unwrap();
         assert_eq!(v.product_version(1), Some(3));
         assert_eq!(v.product_keys(1), vec![3, 4]);
         assert_eq!(v.ann().keys(), vec![3, 4]);
@@ -537,8 +599,9 @@ mod tests {
             Some(set(&[]))
         );
         // A delete wins over any later-arriving older state.
-        v.apply(&Change::Delete { product_id: 1 }).unwrap();
-        v.apply(&Change::Upsert(s3)).unwrap();
+        v.apply(&Change::Delete { product_id: 1 }, stamp(0))
+            .unwrap();
+        v.apply(&Change::Upsert(s3), stamp(0)).unwrap();
         assert!(v.lookup(3).is_none());
         assert!(v.ann().is_empty());
         assert_eq!(v.product_count(), 0);
@@ -550,15 +613,74 @@ mod tests {
         let mut bad = state(1, 1, "a", &[], &[1]);
         bad.embeddings[0].vector = vec![2.0; 8];
         assert!(matches!(
-            v.apply(&Change::Upsert(bad.clone())),
+            v.apply(&Change::Upsert(bad.clone()), stamp(0)),
             Err(ViewError::InvalidEmbedding { .. })
         ));
         assert!(v.lookup(1).is_none());
         v.mark_dirty();
         let good = state(2, 1, "a", &[], &[5]);
-        let r = v.reconcile(vec![bad, good]).unwrap();
+        let r = v.reconcile(vec![bad, good], stamp(0)).unwrap();
         assert!(!v.is_dirty());
         assert_eq!((r.products, r.inserted), (2, 1));
         assert_eq!(v.ann().keys(), vec![5]);
+    }
+
+    #[test]
+    fn purges_leave_in_one_pass_and_the_position_never_goes_back() {
+        let v = view();
+        v.reconcile(
+            vec![
+                state(1, 1, "a", &["color:red"], &[1, 2]),
+                state(2, 1, "a", &["color:red"], &[3]),
+                state(3, 1, "a", &["color:blue"], &[4]),
+            ],
+            stamp(10),
+        )
+        .unwrap();
+        assert_eq!(v.position(), stamp(10));
+        v.apply(
+            &Change::DeleteMany {
+                product_ids: vec![1, 2, 99],
+            },
+            stamp(12),
+        )
+        .unwrap();
+        assert_eq!(v.ann().keys(), vec![4]);
+        assert_eq!(
+            v.allowed(&TagFilter::parse("color:red").unwrap(), None),
+            Some(set(&[]))
+        );
+        assert_eq!(v.product_count(), 1);
+        // A purged product's older state arriving late stays out.
+        v.apply(
+            &Change::Upsert(state(1, 1, "a", &["color:red"], &[1])),
+            stamp(11),
+        )
+        .unwrap();
+        assert!(v.lookup(1).is_none());
+        assert_eq!(
+            v.position(),
+            stamp(12),
+            "an older change does not move it back"
+        );
+        v.reconcile(Vec::new(), stamp(5)).unwrap();
+        assert_eq!(
+            v.position(),
+            stamp(12),
+            "nor does a reconcile to an older position"
+        );
+        let failed = v.apply(
+            &Change::Upsert(ProductState {
+                embeddings: vec![StoredEmbedding {
+                    key: 9,
+                    image_id: 90,
+                    vector: vec![2.0; 8],
+                }],
+                ..state(9, 1, "a", &[], &[])
+            }),
+            stamp(13),
+        );
+        assert!(failed.is_err());
+        assert_eq!(v.position(), stamp(12), "a failed apply does not move it");
     }
 }

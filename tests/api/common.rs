@@ -588,6 +588,7 @@ pub fn mime_of(path: &Path) -> &'static str {
     match path.extension().and_then(|e| e.to_str()) {
         Some("png") => "image/png",
         Some("webp") => "image/webp",
+        Some("heic") => "image/heic",
         _ => "image/jpeg",
     }
 }

@@ -44,11 +44,13 @@ const RULES: &[(&str, &str, Rule)] = &[
     ("get", "/readyz", Rule::Public),
     ("get", "/metrics", Rule::Public),
     ("get", "/", Rule::Public),
+    ("get", "/console", Rule::Public),
     ("get", "/assets/{name}", Rule::Public),
     ("get", "/openapi.json", Rule::Public),
     ("get", "/docs", Rule::Public),
     ("get", "/docs/", Rule::Public),
     ("get", "/v1/tags", Rule::AnyKey),
+    ("get", "/v1/whoami", Rule::AnyKey),
     ("post", "/v1/search", Rule::Search),
     ("get", "/v1/admin/model", Rule::Admin),
     ("post", "/v1/admin/model", Rule::Admin),
@@ -81,6 +83,28 @@ const RULES: &[(&str, &str, Rule)] = &[
         "get",
         "/v1/merchants/{merchant}/products/{id}/images/{image_id}",
         Rule::View,
+    ),
+    (
+        "delete",
+        "/v1/merchants/{merchant}/products/{id}/images/{image_id}",
+        Rule::Merchant,
+    ),
+    (
+        "post",
+        "/v1/merchants/{merchant}/products:purge",
+        Rule::Merchant,
+    ),
+    ("post", "/v1/merchants/{merchant}/imports", Rule::Merchant),
+    ("get", "/v1/merchants/{merchant}/imports", Rule::Merchant),
+    (
+        "get",
+        "/v1/merchants/{merchant}/imports/{job}",
+        Rule::Merchant,
+    ),
+    (
+        "post",
+        "/v1/merchants/{merchant}/imports/{job}/cancel",
+        Rule::Merchant,
     ),
     ("post", "/v1/keys", Rule::Keys),
     ("get", "/v1/keys", Rule::Keys),
@@ -177,6 +201,26 @@ async fn fresh_product(
         .await
         .assert_status(201);
     (id, r.json["images"][0]["id"].as_i64().unwrap())
+}
+
+/// A one-row import file naming the fixture photo by its hash (the seed product has it).
+fn import_file(n: usize, photo: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let sha = hex::encode(Sha256::digest(std::fs::read(photo).unwrap()));
+    format!("id,title,image\nimported-{n},Imported,sha256:{sha}\n")
+}
+
+/// A fresh import job of `merchant`, made by the admin (for the import routes' `{job}`).
+async fn fresh_job(app: &TestApp, merchant: &str, n: usize, photo: &std::path::Path) -> String {
+    app.request(Method::POST, &format!("/v1/merchants/{merchant}/imports"))
+        .content_type("text/csv")
+        .body(import_file(n, photo))
+        .await
+        .assert_status(202)
+        .json["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// A fresh key owned by `merchant` (for the key routes' `{id}`).
@@ -281,8 +325,29 @@ async fn every_route_by_every_kind_of_key_for_own_and_foreign_merchants() {
                 } else {
                     0
                 };
+                // A purge's target: a fresh product with a tag of its own, which the purge's
+                // filter names (so an allowed purge takes nothing another cell needs).
+                let purge_tag = format!("cell:{n}");
+                let purge_target = if template.ends_with("products:purge") {
+                    app.create_product(
+                        merchant,
+                        &json!({"id": format!("purge-{n}"), "title": format!("secret of {merchant} {n}"), "tags": [purge_tag]}),
+                        std::slice::from_ref(&photo),
+                    )
+                    .await
+                    .assert_status(201);
+                    format!("purge-{n}")
+                } else {
+                    String::new()
+                };
+                let job = if template.contains("{job}") {
+                    fresh_job(&app, merchant, n, &photo).await
+                } else {
+                    String::new()
+                };
                 let path = template
                     .replace("{merchant}", merchant)
+                    .replace("{job}", &job)
                     .replace("{image_id}", &image_id.to_string())
                     .replace("{name}", "app.js")
                     .replace(
@@ -321,11 +386,17 @@ async fn every_route_by_every_kind_of_key_for_own_and_foreign_merchants() {
                             .part("image", image_part(&photo)),
                     ),
                     ("patch", _) => call.json(&json!({"title": "changed by an attacker"})),
+                    ("post", "/v1/merchants/{merchant}/products:purge") => {
+                        call.json(&json!({"filter": purge_tag, "force": true}))
+                    }
                     ("post", "/v1/merchants/{merchant}/products/{id}/images") => {
                         call.multipart(Form::new().part("image", image_part(&photo)))
                     }
                     ("post", "/v1/keys") => {
                         call.json(&json!({"kind": "search", "merchant": merchant}))
+                    }
+                    ("post", "/v1/merchants/{merchant}/imports") => {
+                        call.content_type("text/csv").body(import_file(n, &photo))
                     }
                     ("get", "/v1/keys") => {
                         app.request(Method::GET, &format!("/v1/keys?merchant={merchant}"))
@@ -334,6 +405,16 @@ async fn every_route_by_every_kind_of_key_for_own_and_foreign_merchants() {
                 };
                 let call = with(call, &keys, who);
                 let r = call.await;
+                if !purge_target.is_empty() {
+                    let left = app.get_product(merchant, &purge_target).await.status;
+                    assert_eq!(
+                        left,
+                        if ok { 404 } else { 200 },
+                        "{what}: the purge's target (answered {} {})",
+                        r.status,
+                        r.text
+                    );
+                }
                 if ok {
                     assert!(
                         (200..300).contains(&r.status)
@@ -381,6 +462,20 @@ async fn every_route_by_every_kind_of_key_for_own_and_foreign_merchants() {
                         "{what}: the product changed"
                     );
                 }
+                if !job.is_empty() {
+                    let j = app
+                        .request(
+                            Method::GET,
+                            &format!("/v1/merchants/{merchant}/imports/{job}"),
+                        )
+                        .await
+                        .assert_status(200)
+                        .json;
+                    assert_eq!(
+                        j["cancel_requested"], false,
+                        "{what}: the job was cancelled"
+                    );
+                }
                 if key_id != 0 {
                     let k = app
                         .request(Method::GET, &format!("/v1/keys/{key_id}"))
@@ -411,6 +506,25 @@ async fn every_route_by_every_kind_of_key_for_own_and_foreign_merchants() {
             .map(|(_, _, r)| WHO.iter().filter(|w| allowed(*r, **w, m)).count())
             .sum::<usize>();
         assert_eq!(made.len(), expected, "products created in {m}");
+    }
+    // The refused import submissions made no job.
+    for m in [A, B] {
+        let jobs = app
+            .request(Method::GET, &format!("/v1/merchants/{m}/imports?limit=100"))
+            .await
+            .assert_status(200)
+            .json["imports"]
+            .as_array()
+            .unwrap()
+            .len();
+        let made_for_cells =
+            RULES.iter().filter(|(_, t, _)| t.contains("{job}")).count() * WHO.len();
+        let submitted = RULES
+            .iter()
+            .filter(|(meth, t, _)| *meth == "post" && *t == "/v1/merchants/{merchant}/imports")
+            .map(|(_, _, r)| WHO.iter().filter(|w| allowed(*r, **w, m)).count())
+            .sum::<usize>();
+        assert_eq!(jobs, made_for_cells + submitted, "import jobs of {m}");
     }
     println!(
         "isolation table: {} operations x {} callers x 2 merchants = {cells} cells",

@@ -1,6 +1,6 @@
 //! API keys end to end: their life (create, list, revoke at once, expire), who may make which,
 //! rate limits (429 with `Retry-After`), quotas, CORS, the open routes and development mode,
-//! and slow clients (headers and bodies that never finish).
+//! `GET /v1/whoami`, and slow clients (headers and bodies that never finish).
 
 use std::time::{Duration, Instant};
 
@@ -200,6 +200,81 @@ async fn who_may_make_which_key() {
         .await
         .assert_error(400, "invalid_request");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn whoami_tells_each_key_what_it_is_and_nothing_more() {
+    let app = spawn_fake_app().await;
+    let whoami = |key: &str| app.request(Method::GET, "/v1/whoami").key(key);
+    let made = app
+        .request(Method::POST, "/v1/keys")
+        .json(&json!({"kind": "merchant", "merchant": "acme", "label": "acme console"}))
+        .await
+        .assert_status(201)
+        .json;
+    let merchant = made["key"].as_str().unwrap().to_owned();
+    let r = whoami(&merchant).await.assert_status(200);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        r.json,
+        json!({"kind": "merchant", "merchant": "acme", "key_id": made["id"], "label": "acme console"})
+    );
+    assert!(!r.text.contains(&merchant), "whoami never shows a token");
+    // A search key owned by a merchant, one that is not, and the admin key.
+    let search = create_key(&app, &json!({"kind": "search", "merchant": "acme"})).await;
+    let r = whoami(&search).await.assert_status(200).json;
+    assert_eq!(
+        (r["kind"].as_str(), r["merchant"].as_str()),
+        (Some("search"), Some("acme"))
+    );
+    assert!(r["key_id"].is_i64() && r["label"] == "");
+    let everywhere = create_key(&app, &json!({"kind": "search"})).await;
+    let r = whoami(&everywhere).await.assert_status(200).json;
+    assert_eq!(
+        (r["kind"].as_str(), r["merchant"].is_null()),
+        (Some("search"), true)
+    );
+    let r = whoami(ADMIN_KEY).await.assert_status(200).json;
+    assert_eq!(
+        (r["kind"].as_str(), r["merchant"].is_null()),
+        (Some("admin"), true)
+    );
+    assert!(r["key_id"].is_i64());
+    // The key id is the one the key routes know.
+    let id = r["key_id"].as_i64().unwrap();
+    let k = app
+        .request(Method::GET, &format!("/v1/keys/{id}"))
+        .await
+        .assert_status(200)
+        .json;
+    assert_eq!(k["kind"], "admin");
+    // Without a valid key: 401, like every other route; revoked at once.
+    app.request(Method::GET, "/v1/whoami")
+        .anonymous()
+        .await
+        .assert_error(401, "unauthenticated");
+    app.request(Method::DELETE, &format!("/v1/keys/{}", made["id"]))
+        .await
+        .assert_status(200);
+    whoami(&merchant).await.assert_error(401, "unauthenticated");
+    app.stop().await;
+
+    let dev = spawn_fake_app_with(new_data_dir(), |c| {
+        c.auth.dev_mode = true;
+        c.auth.bootstrap_admin_key = None;
+    })
+    .await;
+    let r = dev
+        .request(Method::GET, "/v1/whoami")
+        .anonymous()
+        .await
+        .assert_status(200)
+        .json;
+    assert_eq!(
+        r,
+        json!({"kind": "dev", "merchant": null, "key_id": null, "label": null})
+    );
+    dev.stop().await;
 }
 
 #[tokio::test]

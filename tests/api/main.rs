@@ -6,7 +6,9 @@ mod common;
 
 mod admin;
 mod bad_input;
+mod heic;
 mod import;
+mod imports;
 mod isolation;
 mod keys;
 mod openapi;

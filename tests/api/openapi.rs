@@ -19,6 +19,7 @@ const PUBLIC: &[&str] = &[
     "/readyz",
     "/metrics",
     "/",
+    "/console",
     "/assets/{name}",
     "/openapi.json",
     "/docs",

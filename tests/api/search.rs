@@ -244,3 +244,267 @@ async fn the_bundle_decides_the_rerank_default_and_the_score_fusion() {
     }
     app.stop().await;
 }
+
+/// The results of a search: (product id, image id, score).
+fn scored(body: &serde_json::Value) -> Vec<(String, i64, f64)> {
+    results(body)
+        .iter()
+        .map(|r| {
+            (
+                r["product_id"].as_str().unwrap().to_owned(),
+                r["image_id"].as_i64().unwrap(),
+                r["score"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `offset` pages through the grouped results: pages put together are the one long answer,
+/// `next_offset` says where the next page starts and is null on the last; a page outside the
+/// candidates is refused. The same options work in the multipart `options` part.
+#[tokio::test]
+async fn offset_pages_through_the_results_and_next_offset_says_where_next() {
+    let (app, cat) = catalogue_app().await;
+    let photo = cat.query_photo();
+    let n = cat.products.len();
+    assert!(n >= 6, "the catalogue has {n} products");
+    let all = app
+        .search(&photo, &format!("k={n}&candidates=64&merchant={MERCHANT}"))
+        .await
+        .assert_status(200)
+        .json;
+    let total = results(&all).len();
+    assert!(total >= 6, "{total} results");
+    assert!(all["next_offset"].is_null(), "one page holds them all");
+    let mut paged = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = app
+            .search(
+                &photo,
+                &format!("k=4&candidates=64&merchant={MERCHANT}&offset={offset}"),
+            )
+            .await
+            .assert_status(200)
+            .json;
+        paged.extend(scored(&page));
+        match page["next_offset"].as_u64() {
+            Some(next) => {
+                assert_eq!(next as usize, offset + 4);
+                offset = next as usize;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(
+        paged,
+        scored(&all),
+        "the pages are the whole answer, in order"
+    );
+    let multipart = app
+        .search_multipart(
+            &photo,
+            &json!({"k": 2, "candidates": 64, "merchant": MERCHANT, "offset": 2}),
+        )
+        .await
+        .assert_status(200)
+        .json;
+    assert_eq!(scored(&multipart), scored(&all)[2..4]);
+    assert_eq!(multipart["next_offset"], 4);
+    let err = app
+        .search(&photo, "k=10&candidates=20&offset=11")
+        .await
+        .assert_error(400, "invalid_request");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("offset + k"),
+        "{err}"
+    );
+}
+
+/// `min_score` leaves out results below it, in the query string and in `options`.
+#[tokio::test]
+async fn min_score_leaves_out_weaker_results() {
+    let (app, cat) = catalogue_app().await;
+    let photo = cat.query_photo();
+    let all = scored(&app.search(&photo, "k=20").await.assert_status(200).json);
+    assert!(all.len() >= 4);
+    let cut = all[2].2;
+    let kept = scored(
+        &app.search(&photo, &format!("k=20&min_score={cut}"))
+            .await
+            .assert_status(200)
+            .json,
+    );
+    let want: Vec<_> = all.iter().filter(|r| r.2 >= cut).cloned().collect();
+    assert_eq!(kept, want);
+    assert!(kept.len() >= 3 && kept.len() < all.len());
+    let from_options = scored(
+        &app.search_multipart(&photo, &json!({"k": 20, "min_score": 2.0}))
+            .await
+            .assert_status(200)
+            .json,
+    );
+    assert!(
+        from_options.is_empty(),
+        "no score reaches 2: {from_options:?}"
+    );
+    app.search(&photo, "k=20&min_score=NaN")
+        .await
+        .assert_error(400, "invalid_request");
+}
+
+/// Every search states the index's freshness (body and header); it moves with every write and
+/// does not go back across a restart; `/readyz` says the same.
+#[tokio::test]
+async fn search_responses_state_the_index_version_and_it_never_goes_back() {
+    let app = spawn_fake_app().await;
+    let photos = fixture_photos(2);
+    let version = |r: &TestResponse| {
+        let v = r.json["index_version"].as_i64().unwrap();
+        assert_eq!(r.header("x-index-version"), Some(v.to_string().as_str()));
+        v
+    };
+    let empty = app.search(&photos[0], "k=5").await.assert_status(200);
+    assert_eq!(version(&empty), 0);
+    assert!(empty.json["index_updated_at"].is_null());
+    let started = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    app.create_product(MERCHANT, &json!({"id": "a", "title": "A"}), &photos[..1])
+        .await
+        .assert_status(201);
+    let one = app.search(&photos[0], "k=5").await.assert_status(200);
+    let v1 = version(&one);
+    assert!(v1 > 0);
+    let at = time::OffsetDateTime::parse(
+        one.json["index_updated_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(at >= started, "{at} is the time of the write");
+    app.add_images(MERCHANT, "a", &photos[1..2])
+        .await
+        .assert_status(201);
+    app.delete_product(MERCHANT, "a").await.assert_status(204);
+    let two = app.search(&photos[0], "k=5").await.assert_status(200);
+    let v2 = version(&two);
+    assert!(v2 >= v1 + 2, "two more changes: {v1} then {v2}");
+    let ready = app.readyz().await.assert_status(200).json;
+    assert_eq!(ready["index"]["version"], v2);
+    assert_eq!(ready["index"]["updated_at"], two.json["index_updated_at"]);
+    let dir = app.stop().await;
+    let again = spawn_fake_app_with(dir, |_| {}).await;
+    let after = again.search(&photos[0], "k=5").await.assert_status(200);
+    assert_eq!(version(&after), v2, "a restart keeps the index version");
+    assert_eq!(after.json["index_updated_at"], two.json["index_updated_at"]);
+    again.stop().await;
+}
+
+/// `(x, y, w, h)` of a box in pixels.
+type PixelBox = (u32, u32, u32, u32);
+
+/// Two fixture photos side by side, on a white canvas, as PNG (lossless) or JPEG; with the
+/// pixel boxes of each.
+fn composite(
+    left: &std::path::Path,
+    right: &std::path::Path,
+    jpeg: bool,
+) -> (Vec<u8>, [PixelBox; 2]) {
+    let a = image::open(left).unwrap().to_rgb8();
+    let b = image::open(right).unwrap().to_rgb8();
+    let (w, h) = (a.width() + b.width() + 40, a.height().max(b.height()) + 20);
+    let mut canvas = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
+    image::imageops::replace(&mut canvas, &a, 10, 10);
+    image::imageops::replace(&mut canvas, &b, i64::from(a.width()) + 30, 10);
+    let mut out = Vec::new();
+    let format = if jpeg {
+        image::ImageFormat::Jpeg
+    } else {
+        image::ImageFormat::Png
+    };
+    image::DynamicImage::ImageRgb8(canvas)
+        .write_to(&mut std::io::Cursor::new(&mut out), format)
+        .unwrap();
+    let boxes = [
+        (10, 10, a.width(), a.height()),
+        (a.width() + 30, 10, b.width(), b.height()),
+    ];
+    (out, boxes)
+}
+
+/// `region` searches with part of the photo: a box around either product of a composite finds
+/// that product first (pixel and relative boxes, query string and `options`); the whole photo
+/// as a region is a search without one; an empty or outside box is 422 `invalid_field`. On the
+/// fake backend, whose first pass finds an image's own product (its re-rank score is no model's:
+/// the order checks use the first pass).
+#[tokio::test]
+async fn a_region_around_a_product_in_a_composite_finds_it() {
+    let app = spawn_fake_app().await;
+    let photos = fixture_photos(2);
+    for (i, id) in ["left", "right"].iter().enumerate() {
+        app.create_product(MERCHANT, &json!({"id": id, "title": id}), &photos[i..i + 1])
+            .await
+            .assert_status(201);
+    }
+    for jpeg in [false, true] {
+        let (bytes, boxes) = composite(&photos[0], &photos[1], jpeg);
+        let mime = if jpeg { "image/jpeg" } else { "image/png" };
+        let (w, h) = {
+            let img = image::load_from_memory(&bytes).unwrap();
+            (img.width(), img.height())
+        };
+        for (id, (x, y, bw, bh)) in ["left", "right"].iter().zip(boxes) {
+            let px = format!("{x},{y},{bw},{bh}");
+            let body = app
+                .search_bytes(
+                    mime,
+                    bytes.clone(),
+                    &format!("k=2&rerank=false&region={px}"),
+                )
+                .await
+                .assert_status(200)
+                .json;
+            assert_eq!(ids(&body)[0], *id, "jpeg {jpeg}, region {px}: {body}");
+            let rel = json!({
+                "x": f64::from(x) / f64::from(w), "y": f64::from(y) / f64::from(h),
+                "w": f64::from(bw) / f64::from(w), "h": f64::from(bh) / f64::from(h),
+                "unit": "relative"
+            });
+            let form = Form::new()
+                .part("image", Part::bytes(bytes.clone()).mime_str(mime).unwrap())
+                .part(
+                    "options",
+                    Part::text(json!({"k": 2, "rerank": false, "region": rel}).to_string())
+                        .mime_str("application/json")
+                        .unwrap(),
+                );
+            let body = app.search_form(form).await.assert_status(200).json;
+            assert_eq!(ids(&body)[0], *id, "jpeg {jpeg}, region {rel}: {body}");
+        }
+        let plain = app
+            .search_bytes(mime, bytes.clone(), "k=2")
+            .await
+            .assert_status(200)
+            .json;
+        for whole in [format!("0,0,{w},{h}"), "relative:0,0,1,1".to_string()] {
+            let body = app
+                .search_bytes(mime, bytes.clone(), &format!("k=2&region={whole}"))
+                .await
+                .assert_status(200)
+                .json;
+            assert_eq!(body["results"], plain["results"], "region {whole}");
+        }
+        for bad in [
+            format!("0,0,{},{h}", w + 1),
+            "10,10,0,5".to_string(),
+            "relative:0.5,0,0.6,1".to_string(),
+            "1,2,3".to_string(),
+        ] {
+            app.search_bytes(mime, bytes.clone(), &format!("k=2&region={bad}"))
+                .await
+                .assert_error(422, "invalid_field");
+        }
+    }
+    app.stop().await;
+}

@@ -170,6 +170,15 @@ pub(crate) const RELEASE_PRODUCT: &str =
     "UPDATE merchants SET product_count = product_count - 1, image_count = image_count - $2 \
      WHERE id = (SELECT merchant_id FROM products WHERE id = $1)";
 
+/// Takes `$2` images of product `$1` off its merchant's image counter (an image delete).
+pub(crate) const RELEASE_IMAGES: &str = "UPDATE merchants SET image_count = image_count - $2 \
+     WHERE id = (SELECT merchant_id FROM products WHERE id = $1)";
+
+/// Takes `$2` products and `$3` images off merchant `$1`'s counters (a purge).
+pub(crate) const RELEASE_PRODUCTS: &str =
+    "UPDATE merchants SET product_count = product_count - $2, image_count = image_count - $3 \
+     WHERE name = $1";
+
 /// The error for a product past the merchant's quota.
 pub(crate) fn products_exceeded(merchant: &str, limit: i64) -> StoreError {
     StoreError::QuotaExceeded {

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use crate::{
-    blob_to_vector, ProductRecord, ProductState, Result, StaleImage, StoredEmbedding, Written,
+    blob_to_vector, ChangeStamp, ProductRecord, ProductState, Result, StaleImage, StoredEmbedding,
+    Written,
 };
 
 /// `(id, version, merchant, external id, title)` of a product.
@@ -16,7 +17,11 @@ pub(crate) type EmbeddingRow = (i64, i64, i64, Vec<u8>);
 pub(crate) type StaleRow = (i64, i64, i64, String);
 
 /// A write's result: the product as committed and its searchable state.
-pub(crate) fn written(product: ProductRecord, embeddings: Vec<StoredEmbedding>) -> Written {
+pub(crate) fn written(
+    product: ProductRecord,
+    embeddings: Vec<StoredEmbedding>,
+    change: ChangeStamp,
+) -> Written {
     let state = ProductState {
         product_id: product.id,
         version: product.version,
@@ -26,7 +31,11 @@ pub(crate) fn written(product: ProductRecord, embeddings: Vec<StoredEmbedding>) 
         tags: product.tags.clone(),
         embeddings,
     };
-    Written { product, state }
+    Written {
+        product,
+        state,
+        change,
+    }
 }
 
 /// Every product's state from the three bulk reads of `load_states` (tags ordered by product

@@ -45,6 +45,12 @@ pub async fn run_all(store: &dyn CatalogStore) {
     merchant_overrides(store).await;
     concurrent_quota(store).await;
     keys(store).await;
+    delete_image(store).await;
+    purge(store).await;
+    change_sequence(store).await;
+    concurrent_purge_and_retag(store).await;
+    import_jobs(store).await;
+    concurrent_job_claims(store).await;
     drop_other_versions(store).await;
 }
 
@@ -2076,4 +2082,601 @@ pub async fn keys(store: &dyn CatalogStore) {
         .unwrap();
     assert!(access.has_active_admin(now).await.unwrap());
     assert_eq!(admin.merchant, None);
+}
+
+/// Import jobs: stored with their input, claimed by one runner at a time under a lease, resumed
+/// by another once the lease runs out, cancelled, finished (dropping the input), and scoped to
+/// their merchant. Leaves no claimable job behind.
+pub async fn import_jobs(store: &dyn CatalogStore) {
+    use crate::jobs::{JobProgress, JobRowError, JobStatus, Lease, NewJob};
+    let jobs = store.jobs();
+    let m = unique("jobs");
+    let other = unique("jobs-other");
+    let now = 1_000_000;
+    let new_job = |public_id: &str| NewJob {
+        public_id: public_id.to_owned(),
+        merchant: m.clone(),
+        format: "csv".into(),
+        options: serde_json::json!({"replace": false}),
+        input: b"id,title\nsku-1,One\n".to_vec(),
+        rows: 1,
+        products: 1,
+        errors: vec![JobRowError {
+            row: 3,
+            product_id: None,
+            code: "invalid_field".into(),
+            message: "no id".into(),
+        }],
+        error_count: 1,
+    };
+    let a_id = unique("imp-a");
+    let a = jobs.create_job(new_job(&a_id), now).await.unwrap();
+    assert_eq!(a.status, JobStatus::Queued);
+    assert_eq!((a.rows, a.products, a.attempts), (1, 1, 0));
+    assert_eq!(a.progress.error_count, 1);
+    assert_eq!(a.progress.errors[0].row, 3);
+    assert_eq!(a.options["replace"], false);
+    assert_eq!(jobs.get_job(&m, &a_id).await.unwrap(), a);
+    assert!(matches!(
+        jobs.get_job(&other, &a_id).await,
+        Err(StoreError::JobNotFound(_))
+    ));
+    assert!(matches!(
+        jobs.cancel_job(&other, &a_id, now).await,
+        Err(StoreError::JobNotFound(_))
+    ));
+
+    // Claimed with its input by the first runner; nobody else gets it while the lease holds.
+    let (claimed, input) = jobs
+        .claim_job("runner-1", now, now + 100)
+        .await
+        .unwrap()
+        .expect("a queued job is claimable");
+    assert_eq!(claimed.id, a.id);
+    assert_eq!(input, b"id,title\nsku-1,One\n");
+    assert_eq!(
+        (claimed.status, claimed.attempts, claimed.started_at),
+        (JobStatus::Running, 1, Some(now))
+    );
+    assert!(jobs
+        .claim_job("runner-2", now + 50, now + 150)
+        .await
+        .unwrap()
+        .is_none());
+    let mut progress = JobProgress {
+        products_done: 1,
+        created: 1,
+        images: 2,
+        error_count: 1,
+        errors: a.progress.errors.clone(),
+        ..JobProgress::default()
+    };
+    assert_eq!(
+        jobs.save_progress(a.id, "runner-1", &progress, now + 60, now + 160)
+            .await
+            .unwrap(),
+        Lease::Held { cancel: false }
+    );
+    assert_eq!(jobs.get_job(&m, &a_id).await.unwrap().progress, progress);
+
+    // The lease runs out: a second runner takes over from the saved progress, and the first one
+    // can no longer write.
+    let (resumed, _) = jobs
+        .claim_job("runner-2", now + 200, now + 300)
+        .await
+        .unwrap()
+        .expect("an expired lease is claimable");
+    assert_eq!((resumed.id, resumed.attempts), (a.id, 2));
+    assert_eq!(resumed.progress, progress);
+    assert_eq!(resumed.started_at, Some(now), "first start kept");
+    progress.unchanged = 5;
+    assert_eq!(
+        jobs.save_progress(a.id, "runner-1", &progress, now + 210, now + 310)
+            .await
+            .unwrap(),
+        Lease::Lost
+    );
+    assert_eq!(
+        jobs.finish_job(
+            a.id,
+            "runner-1",
+            JobStatus::Done,
+            &progress,
+            None,
+            now + 210
+        )
+        .await
+        .unwrap(),
+        Lease::Lost
+    );
+
+    // Cancel reaches the runner at its next save; the runner ends it.
+    let c = jobs.cancel_job(&m, &a_id, now + 220).await.unwrap();
+    assert!(c.cancel_requested);
+    assert_eq!(c.status, JobStatus::Running);
+    assert_eq!(
+        jobs.save_progress(a.id, "runner-2", &progress, now + 230, now + 330)
+            .await
+            .unwrap(),
+        Lease::Held { cancel: true }
+    );
+    assert_eq!(
+        jobs.finish_job(
+            a.id,
+            "runner-2",
+            JobStatus::Cancelled,
+            &progress,
+            Some("cancelled"),
+            now + 240
+        )
+        .await
+        .unwrap(),
+        Lease::Held { cancel: false }
+    );
+    let done = jobs.get_job(&m, &a_id).await.unwrap();
+    assert_eq!(done.status, JobStatus::Cancelled);
+    assert_eq!(done.finished_at, Some(now + 240));
+    assert_eq!(done.message.as_deref(), Some("cancelled"));
+    assert_eq!(done.progress, progress);
+    // Finished: no second finish, no resume, and a cancel leaves it as it is.
+    assert_eq!(
+        jobs.finish_job(
+            a.id,
+            "runner-2",
+            JobStatus::Done,
+            &progress,
+            None,
+            now + 250
+        )
+        .await
+        .unwrap(),
+        Lease::Lost
+    );
+    assert_eq!(jobs.cancel_job(&m, &a_id, now + 260).await.unwrap(), done);
+
+    // A queued job is cancelled at once and never claimed.
+    let b_id = unique("imp-b");
+    jobs.create_job(new_job(&b_id), now + 300).await.unwrap();
+    let b = jobs.cancel_job(&m, &b_id, now + 310).await.unwrap();
+    assert_eq!(b.status, JobStatus::Cancelled);
+    assert_eq!(b.finished_at, Some(now + 310));
+    assert_eq!(b.message.as_deref(), Some("cancelled"));
+
+    // Released leases make a running job claimable at once (a single-process store's restart).
+    let c_id = unique("imp-c");
+    let c = jobs.create_job(new_job(&c_id), now + 400).await.unwrap();
+    jobs.claim_job("runner-3", now + 400, i64::MAX)
+        .await
+        .unwrap()
+        .expect("claimable");
+    assert!(jobs.release_leases().await.unwrap() >= 1);
+    let (again, _) = jobs
+        .claim_job("runner-4", now + 410, now + 1_000)
+        .await
+        .unwrap()
+        .expect("claimable after release");
+    assert_eq!((again.id, again.attempts), (c.id, 2));
+    jobs.finish_job(
+        c.id,
+        "runner-4",
+        JobStatus::Failed,
+        &JobProgress::default(),
+        Some("boom"),
+        now + 420,
+    )
+    .await
+    .unwrap();
+
+    let listed: Vec<String> = jobs
+        .list_jobs(&m, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.public_id)
+        .collect();
+    assert_eq!(listed, vec![c_id.clone(), b_id, a_id]);
+    assert_eq!(jobs.list_jobs(&m, 1).await.unwrap().len(), 1);
+    assert!(jobs.list_jobs(&other, 10).await.unwrap().is_empty());
+    assert!(jobs
+        .claim_job("runner-5", i64::MAX - 1, i64::MAX)
+        .await
+        .unwrap()
+        .is_none());
+
+    // An image of the merchant is found by its hash, not another merchant's.
+    let p = create(
+        store,
+        new_product(&m, "with-image", &[]),
+        vec![new_image(7)],
+        "v1",
+    )
+    .await;
+    let sha = &p.product.images[0].sha256;
+    assert_eq!(
+        jobs.merchant_image_path(&m, sha).await.unwrap().as_deref(),
+        Some(p.product.images[0].path.as_str())
+    );
+    assert_eq!(jobs.merchant_image_path(&other, sha).await.unwrap(), None);
+}
+
+/// Two runners claiming at once never get the same job.
+pub async fn concurrent_job_claims(store: &dyn CatalogStore) {
+    use crate::jobs::{JobProgress, JobStatus, NewJob};
+    let jobs = store.jobs();
+    let m = unique("claims");
+    let now = 2_000_000;
+    for i in 0..4 {
+        jobs.create_job(
+            NewJob {
+                public_id: unique(&format!("imp-{i}")),
+                merchant: m.clone(),
+                format: "jsonl".into(),
+                options: serde_json::json!({}),
+                input: b"{}".to_vec(),
+                rows: 0,
+                products: 0,
+                errors: Vec::new(),
+                error_count: 0,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    }
+    let claims: Vec<BoxFuture<'_, Option<i64>>> = (0..8)
+        .map(|r| {
+            Box::pin(async move {
+                jobs.claim_job(&format!("r{r}"), now, i64::MAX)
+                    .await
+                    .unwrap()
+                    .map(|(j, _)| j.id)
+            }) as BoxFuture<'_, Option<i64>>
+        })
+        .collect();
+    let mut got: Vec<i64> = join_all(claims).await.into_iter().flatten().collect();
+    let n = got.len();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), n, "a job was claimed twice");
+    assert!(n >= 1);
+    // Take whatever is left, and finish them all.
+    while let Some((j, _)) = jobs.claim_job("sweeper", now, i64::MAX).await.unwrap() {
+        got.push(j.id);
+    }
+    assert_eq!(got.len(), 4);
+    jobs.release_leases().await.unwrap();
+    for _ in &got {
+        let (j, _) = jobs
+            .claim_job("finisher", now + 1, i64::MAX)
+            .await
+            .unwrap()
+            .expect("released");
+        assert!(got.contains(&j.id));
+        jobs.finish_job(
+            j.id,
+            "finisher",
+            JobStatus::Done,
+            &JobProgress::default(),
+            None,
+            now + 2,
+        )
+        .await
+        .unwrap();
+    }
+    assert!(jobs
+        .claim_job("none", now + 3, i64::MAX)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+// ---- image deletes, purges and the change sequence ----------------------------------------------
+
+/// `delete_image` removes one image with its embeddings, bumps the version (honouring `expect`),
+/// keeps the merchant's image counter right, refuses an image of another product, and leaves a
+/// product without images in place (and in `load_states`, with no embeddings).
+pub async fn delete_image(store: &dyn CatalogStore) {
+    let m = unique("merchant");
+    let mv = unique("model");
+    let shared = format!("images/{}.png", unique("shared"));
+    let w = create(
+        store,
+        new_product(&m, "p", &["color:red"]),
+        vec![new_image_at(&shared, 1), new_image(2)],
+        &mv,
+    )
+    .await;
+    let other = create(store, new_product(&m, "q", &[]), vec![new_image(3)], &mv).await;
+    let (first, second) = (&w.product.images[0], &w.product.images[1]);
+    let foreign = other.product.images[0].id;
+    match store.delete_image(&m, "p", foreign, None, &mv).await {
+        Err(StoreError::ImageNotFound {
+            merchant,
+            id,
+            image_id,
+        }) => assert_eq!(
+            (merchant.as_str(), id.as_str(), image_id),
+            (m.as_str(), "p", foreign),
+            "ImageNotFound names what was asked for"
+        ),
+        other => panic!("another product's image: expected ImageNotFound, got {other:?}"),
+    }
+    assert_not_found(
+        store.delete_image(&m, "nope", first.id, None, &mv).await,
+        &m,
+        "nope",
+        "delete_image of a missing product",
+    );
+    let stale = Expect {
+        product_id: w.product.id,
+        version: 7,
+    };
+    assert_conflict(
+        store
+            .delete_image(&m, "p", first.id, Some(stale), &mv)
+            .await,
+        &w.product,
+        7,
+        1,
+        "delete_image with a stale expect",
+    );
+    let expect = Expect {
+        product_id: w.product.id,
+        version: 1,
+    };
+    let d = store
+        .delete_image(&m, "p", first.id, Some(expect), &mv)
+        .await
+        .expect("delete_image");
+    assert_state_matches(&d, "delete_image");
+    assert_eq!(d.product.version, 2, "delete_image bumps the version");
+    assert_eq!(
+        d.product.images.iter().map(|i| i.id).collect::<Vec<_>>(),
+        vec![second.id],
+        "the other image stays"
+    );
+    assert_eq!(d.state.embeddings.len(), 1, "its embedding went with it");
+    assert!(
+        d.change.seq > w.change.seq,
+        "a new place in the change sequence"
+    );
+    assert_eq!(
+        get(store, &m, "p").await,
+        d.product,
+        "what was returned is committed"
+    );
+    let merchant = store.access().get_merchant(&m).await.unwrap().unwrap();
+    assert_eq!(
+        (merchant.products, merchant.images),
+        (2, 2),
+        "the image counter follows"
+    );
+    assert!(
+        store
+            .referenced_paths(std::slice::from_ref(&shared))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the deleted image's path is no longer referenced"
+    );
+    let last = store
+        .delete_image(&m, "p", second.id, None, &mv)
+        .await
+        .expect("delete the last image");
+    assert!(last.product.images.is_empty() && last.state.embeddings.is_empty());
+    assert_eq!(last.product.version, 3);
+    let kept = get(store, &m, "p").await;
+    assert!(
+        kept.images.is_empty(),
+        "a product without images stays readable"
+    );
+    let states = store.load_states(&mv).await.unwrap();
+    let own = states
+        .iter()
+        .find(|s| s.product_id == w.product.id)
+        .expect("a product without images is in load_states");
+    assert!(own.embeddings.is_empty());
+    match store.delete_image(&m, "p", second.id, None, &mv).await {
+        Err(StoreError::ImageNotFound { .. }) => {}
+        other => panic!("an image deleted already: expected ImageNotFound, got {other:?}"),
+    }
+}
+
+fn purge_filter(groups: &[&[&str]]) -> crate::PurgeFilter {
+    crate::PurgeFilter {
+        all: groups.iter().map(|g| tags(g)).collect(),
+    }
+}
+
+/// `purge` deletes exactly the merchant's products the filter matches (an AND of ORs), with
+/// their images and embeddings, in one change; a dry run deletes nothing and says the same;
+/// other merchants are untouched; the counters follow.
+pub async fn purge(store: &dyn CatalogStore) {
+    let m = unique("merchant");
+    let other_m = unique("merchant");
+    let mv = unique("model");
+    let mut by_id = std::collections::BTreeMap::new();
+    for (id, t, images) in [
+        ("red-dress", &["category:dress", "color:red"][..], 2),
+        ("blue-dress", &["category:dress", "color:blue"][..], 1),
+        ("green-dress", &["category:dress", "color:green"][..], 1),
+        ("red-skirt", &["category:skirt", "color:red"][..], 1),
+        ("bare", &[][..], 0),
+    ] {
+        let imgs = (0..images).map(|i| new_image(10 + i)).collect();
+        let w = create(store, new_product(&m, id, t), imgs, &mv).await;
+        by_id.insert(id, w.product.id);
+    }
+    let foreign = create(
+        store,
+        new_product(&other_m, "red-dress", &["category:dress", "color:red"]),
+        vec![new_image(20)],
+        &mv,
+    )
+    .await;
+    let filter = purge_filter(&[&["category:dress"], &["color:red", "color:blue"]]);
+    let want = vec![by_id["red-dress"], by_id["blue-dress"]];
+    let dry = store.purge(&m, &filter, true).await.expect("dry run");
+    assert_eq!(dry.product_ids, want, "a dry run names what would go");
+    assert_eq!((dry.images, dry.change), (3, None));
+    assert_eq!(
+        store.list_products(&m, None, 100).await.unwrap().len(),
+        5,
+        "a dry run deletes nothing"
+    );
+    let before = store.last_change().await.unwrap();
+    let done = store.purge(&m, &filter, false).await.expect("purge");
+    assert_eq!(done.product_ids, want);
+    assert_eq!(done.images, 3);
+    let change = done.change.expect("a purge that deleted has a change");
+    assert!(change.seq > before.seq);
+    assert_eq!(store.last_change().await.unwrap(), change);
+    for id in ["red-dress", "blue-dress"] {
+        assert_not_found(store.get_product(&m, id).await, &m, id, "purged");
+    }
+    let left: Vec<String> = store
+        .list_products(&m, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.external_id)
+        .collect();
+    assert_eq!(left, ["green-dress", "red-skirt", "bare"]);
+    assert_eq!(
+        get(store, &other_m, "red-dress").await,
+        foreign.product,
+        "another merchant's product with the same tags is untouched"
+    );
+    let states = store.load_states(&mv).await.unwrap();
+    assert!(
+        !states.iter().any(|s| want.contains(&s.product_id)),
+        "purged products leave load_states"
+    );
+    let rec = store.access().get_merchant(&m).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.products, rec.images),
+        (3, 2),
+        "counters follow a purge"
+    );
+    let none = store
+        .purge(&m, &purge_filter(&[&["color:purple"]]), false)
+        .await
+        .expect("a purge that matches nothing");
+    assert_eq!(none, crate::Purged::default(), "nothing matched, no change");
+    let all = store
+        .purge(&m, &crate::PurgeFilter::default(), false)
+        .await
+        .expect("purge everything");
+    assert_eq!(all.product_ids.len(), 3);
+    assert!(store.list_products(&m, None, 100).await.unwrap().is_empty());
+    let rec = store.access().get_merchant(&m).await.unwrap().unwrap();
+    assert_eq!((rec.products, rec.images), (0, 0));
+    assert!(
+        store
+            .purge(
+                "no-such-merchant-here",
+                &crate::PurgeFilter::default(),
+                false
+            )
+            .await
+            .unwrap()
+            .product_ids
+            .is_empty(),
+        "an unknown merchant has nothing to purge"
+    );
+}
+
+/// Every write that changes the catalogue takes a later place in the change sequence than the
+/// one before it, and `last_change` is never behind the latest.
+pub async fn change_sequence(store: &dyn CatalogStore) {
+    let m = unique("merchant");
+    let mv = unique("model");
+    let start = store.last_change().await.expect("last_change");
+    let a = create(store, new_product(&m, "a", &[]), vec![new_image(1)], &mv).await;
+    let b = store
+        .add_images(&m, "a", None, vec![new_image(2)], &mv, Quota::UNLIMITED)
+        .await
+        .unwrap();
+    let c = update(
+        store,
+        &b.product,
+        ProductUpdate {
+            title: Some("t2".into()),
+            ..Default::default()
+        },
+        &mv,
+    )
+    .await;
+    let d = store
+        .delete_image(&m, "a", b.product.images[0].id, None, &mv)
+        .await
+        .unwrap();
+    let e = store.delete_product(&m, "a", None).await.unwrap();
+    let seqs = [
+        start.seq,
+        a.change.seq,
+        b.change.seq,
+        c.change.seq,
+        d.change.seq,
+        e.change.seq,
+    ];
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "each write a later place: {seqs:?}"
+    );
+    assert!(e.change.at >= a.change.at && a.change.at > 0);
+    let last = store.last_change().await.unwrap();
+    assert!(last.seq >= e.change.seq, "{last:?} behind {:?}", e.change);
+}
+
+/// A purge racing updates that re-tag its products out of the filter loses no update: every
+/// product whose re-tag committed survives with its new tags, and every other one is gone (its
+/// re-tag then found no product). A purge that chose its products before their re-tag and
+/// deleted them anyway would leave an update that succeeded on a product that is gone.
+pub async fn concurrent_purge_and_retag(store: &dyn CatalogStore) {
+    const PRODUCTS: usize = 24;
+    let m = unique("merchant");
+    let mv = unique("model");
+    for i in 0..PRODUCTS {
+        create(
+            store,
+            new_product(&m, &format!("p{i}"), &["color:red"]),
+            vec![new_image(i as u32)],
+            &mv,
+        )
+        .await;
+    }
+    let filter = purge_filter(&[&["color:red"]]);
+    let mut work: Vec<BoxFuture<'_, Option<crate::Result<()>>>> = Vec::new();
+    for i in 0..PRODUCTS {
+        let (merchant, mv) = (m.clone(), mv.clone());
+        work.push(Box::pin(async move {
+            let retag = ProductUpdate {
+                tags: Some(tags(&["color:blue"])),
+                ..Default::default()
+            };
+            Some(
+                store
+                    .update_product(&merchant, &format!("p{i}"), None, retag, &mv)
+                    .await
+                    .map(|_| ()),
+            )
+        }));
+        if i == PRODUCTS / 2 {
+            let (m, filter) = (m.clone(), filter.clone());
+            work.push(Box::pin(async move {
+                store.purge(&m, &filter, false).await.expect("purge");
+                None
+            }));
+        }
+    }
+    let results: Vec<crate::Result<()>> = join_all(work).await.into_iter().flatten().collect();
+    for (i, r) in results.into_iter().enumerate() {
+        let id = format!("p{i}");
+        match (r, store.get_product(&m, &id).await) {
+            (Ok(()), Ok(p)) => assert_eq!(p.tags, ["color:blue"], "{id}"),
+            (Err(StoreError::ProductNotFound { .. }), Err(StoreError::ProductNotFound { .. })) => {}
+            (r, now) => panic!("{id}: the re-tag answered {r:?} and the product is now {now:?}"),
+        }
+    }
 }

@@ -13,6 +13,13 @@ pub enum StoreError {
     /// No such product (or no such merchant).
     #[error("product `{id}` of merchant `{merchant}` not found")]
     ProductNotFound { merchant: String, id: String },
+    /// The product exists but has no image with this id (it may be another product's).
+    #[error("product `{id}` of merchant `{merchant}` has no image {image_id}")]
+    ImageNotFound {
+        merchant: String,
+        id: String,
+        image_id: i64,
+    },
     /// A compare-and-set write found the product at another version; nothing was changed.
     #[error("product `{id}` of merchant `{merchant}` is at version {actual}, not {expected}")]
     VersionConflict {
@@ -32,6 +39,9 @@ pub enum StoreError {
     /// No API key with this id.
     #[error("no key with id {0}")]
     KeyNotFound(i64),
+    /// The merchant has no import job with this id.
+    #[error("no import job `{0}`")]
+    JobNotFound(String),
     /// A key whose hash is already stored (a token given twice, e.g. the bootstrap key).
     #[error("a key with this token already exists")]
     KeyExists,

@@ -10,6 +10,7 @@ pub mod access;
 mod assemble;
 pub mod contract;
 mod error;
+pub mod jobs;
 pub mod postgres;
 pub mod sqlite;
 mod types;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 pub use access::AccessStore;
 pub use error::{Result, StoreError};
+pub use jobs::JobStore;
 pub use types::*;
 
 /// What the service needs from its source of truth. Object-safe: held as `Arc<dyn CatalogStore>`.
@@ -45,6 +47,9 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     /// Merchants and API keys, in the same database.
     fn access(&self) -> &dyn AccessStore;
+
+    /// Import jobs, in the same database.
+    fn jobs(&self) -> &dyn JobStore;
 
     // ---- reads -----------------------------------------------------------------------------
 
@@ -73,6 +78,11 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     /// Row counts, for metrics.
     async fn counts(&self) -> Result<Counts>;
+
+    /// The latest committed change's place in the change sequence (`seq` 0 before any). Read
+    /// it *before* [`CatalogStore::load_states`] when building a view: the states then reflect
+    /// at least that change, so a view never claims to be fresher than it is.
+    async fn last_change(&self) -> Result<ChangeStamp>;
 
     // ---- writes ----------------------------------------------------------------------------
 
@@ -120,6 +130,26 @@ pub trait CatalogStore: Send + Sync + 'static {
         external_id: &str,
         expect: Option<Expect>,
     ) -> Result<Deleted>;
+
+    /// Deletes one image of a product (its row and its embeddings of every model version),
+    /// bumps the product's version and returns the product as committed: a product left
+    /// without images stays (it is just not findable). [`StoreError::ImageNotFound`] when the
+    /// image is not this product's. The file is not touched: it may be shared, and is swept
+    /// later once unreferenced ([`CatalogStore::referenced_paths`]).
+    async fn delete_image(
+        &self,
+        merchant: &str,
+        external_id: &str,
+        image_id: i64,
+        expect: Option<Expect>,
+        model_version: &str,
+    ) -> Result<Written>;
+
+    /// Deletes every product of `merchant` that `filter` matches (with their tags, images and
+    /// embeddings), in one transaction: a product a concurrent write re-tags out of the filter
+    /// before the purge takes it is kept. With `dry_run` nothing is deleted and the result says
+    /// what would be. Files are swept later, as for [`CatalogStore::delete_product`].
+    async fn purge(&self, merchant: &str, filter: &PurgeFilter, dry_run: bool) -> Result<Purged>;
 
     /// Stores embeddings by `model_version` for images whose product is still at the version
     /// the caller read (`product_version`); others are skipped (their product changed, so the

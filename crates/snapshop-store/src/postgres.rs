@@ -30,9 +30,9 @@ use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use crate::access;
 use crate::assemble;
 use crate::{
-    blob_to_vector, vector_to_blob, CatalogStore, Counts, Deleted, Expect, ImageRecord,
-    NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState, ProductUpdate, Quota, Result,
-    StaleImage, StoreError, StoredEmbedding, Written,
+    blob_to_vector, vector_to_blob, CatalogStore, ChangeStamp, Counts, Deleted, Expect,
+    ImageRecord, NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState, ProductUpdate,
+    PurgeFilter, Purged, Quota, Result, StaleImage, StoreError, StoredEmbedding, Written,
 };
 
 /// Connections in the pool.
@@ -377,12 +377,45 @@ async fn embeddings_of(
         .collect()
 }
 
-/// What a write to `product_id` committed: read inside the write's transaction, under the
-/// product's row lock, just before the commit.
-async fn written(conn: &mut PgConnection, product_id: i64, model_version: &str) -> Result<Written> {
+/// Takes the next place in the change sequence: part of every write that changes the catalogue.
+/// An identity column: concurrent writers never wait on each other for it.
+async fn record_change(conn: &mut PgConnection, now: i64) -> Result<ChangeStamp> {
+    let seq: i64 = sqlx::query_scalar("INSERT INTO catalog_changes (at) VALUES ($1) RETURNING seq")
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(ChangeStamp { seq, at: now })
+}
+
+/// What a write to `product_id` committed, with its place in the change sequence: read inside
+/// the write's transaction, under the product's row lock, just before the commit.
+async fn written(
+    conn: &mut PgConnection,
+    product_id: i64,
+    model_version: &str,
+    now: i64,
+) -> Result<Written> {
     let product = load_product(conn, product_id).await?;
     let embeddings = embeddings_of(conn, product_id, model_version).await?;
-    Ok(assemble::written(product, embeddings))
+    let change = record_change(conn, now).await?;
+    Ok(assemble::written(product, embeddings, change))
+}
+
+/// `AND EXISTS (...)` per group of `filter` over products `p`, with array parameters from
+/// `$first` on.
+fn filter_sql(filter: &PurgeFilter, first: usize) -> String {
+    filter
+        .all
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            format!(
+                " AND EXISTS (SELECT 1 FROM product_tags t WHERE t.product_id = p.id \
+                   AND t.tag = ANY(${}))",
+                first + i
+            )
+        })
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -401,6 +434,10 @@ impl CatalogStore for PostgresStore {
     }
 
     fn access(&self) -> &dyn crate::AccessStore {
+        self
+    }
+
+    fn jobs(&self) -> &dyn crate::JobStore {
         self
     }
 
@@ -508,6 +545,14 @@ impl CatalogStore for PostgresStore {
         Ok(out)
     }
 
+    async fn last_change(&self) -> Result<ChangeStamp> {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT seq, at FROM catalog_changes ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map_or(ChangeStamp::default(), |(seq, at)| ChangeStamp { seq, at }))
+    }
+
     async fn counts(&self) -> Result<Counts> {
         let (merchants, products, images, embeddings): (i64, i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT COUNT(*) FROM merchants), (SELECT COUNT(*) FROM products), \
@@ -579,7 +624,7 @@ impl CatalogStore for PostgresStore {
         .await?;
         replace_tags(&mut tx, product_id, &product.tags).await?;
         insert_images(&mut tx, product_id, &images, model_version, now).await?;
-        let out = written(&mut tx, product_id, model_version).await?;
+        let out = written(&mut tx, product_id, model_version, now).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -599,7 +644,7 @@ impl CatalogStore for PostgresStore {
         take_images(&mut tx, product_id, images.len(), quota).await?;
         insert_images(&mut tx, product_id, &images, model_version, now).await?;
         bump(&mut tx, product_id, version, now).await?;
-        let out = written(&mut tx, product_id, model_version).await?;
+        let out = written(&mut tx, product_id, model_version, now).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -654,7 +699,7 @@ impl CatalogStore for PostgresStore {
                 .await?;
             insert_embedding(&mut tx, *image_id, model_version, vector, now).await?;
         }
-        let out = written(&mut tx, product_id, model_version).await?;
+        let out = written(&mut tx, product_id, model_version, now).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -691,8 +736,121 @@ impl CatalogStore for PostgresStore {
             .bind(product_id)
             .execute(&mut *tx)
             .await?;
+        let change = record_change(&mut tx, now_ms()).await?;
         tx.commit().await?;
-        Ok(Deleted { product })
+        Ok(Deleted { product, change })
+    }
+
+    async fn delete_image(
+        &self,
+        merchant: &str,
+        external_id: &str,
+        image_id: i64,
+        expect: Option<Expect>,
+        model_version: &str,
+    ) -> Result<Written> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let (product_id, version) = lock_for_write(&mut tx, merchant, external_id, expect).await?;
+        // Under the product's lock: no other write adds or removes its images meanwhile.
+        let owner: Option<i64> = sqlx::query_scalar("SELECT product_id FROM images WHERE id = $1")
+            .bind(image_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if owner != Some(product_id) {
+            return Err(StoreError::ImageNotFound {
+                merchant: merchant.to_owned(),
+                id: external_id.to_owned(),
+                image_id,
+            });
+        }
+        sqlx::query("DELETE FROM embeddings WHERE image_id = $1")
+            .bind(image_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM images WHERE id = $1")
+            .bind(image_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(access::RELEASE_IMAGES)
+            .bind(product_id)
+            .bind(1i64)
+            .execute(&mut *tx)
+            .await?;
+        bump(&mut tx, product_id, version, now).await?;
+        let out = written(&mut tx, product_id, model_version, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn purge(&self, merchant: &str, filter: &PurgeFilter, dry_run: bool) -> Result<Purged> {
+        let mut tx = self.write_tx().await?;
+        let cond = filter_sql(filter, 2);
+        // Lock the matching products in id order (as `put_embeddings` does, so two purges cannot
+        // deadlock), then choose again among them with a new statement: at READ COMMITTED it
+        // sees what concurrent writes committed while we waited for their locks, so a product
+        // re-tagged out of the filter meanwhile is kept.
+        let lock = format!(
+            "SELECT p.id {PRODUCT_FROM} WHERE m.name = $1{cond} ORDER BY p.id FOR UPDATE OF p"
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(&lock).bind(merchant);
+        for group in &filter.all {
+            query = query.bind(group);
+        }
+        let locked: Vec<i64> = query.fetch_all(&mut *tx).await?;
+        let recheck = format!(
+            "SELECT p.id {PRODUCT_FROM} WHERE m.name = $1 AND p.id = ANY(${}){cond} ORDER BY p.id",
+            filter.all.len() + 2
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(&recheck).bind(merchant);
+        for group in &filter.all {
+            query = query.bind(group);
+        }
+        let product_ids: Vec<i64> = query.bind(&locked).fetch_all(&mut *tx).await?;
+        let images: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE product_id = ANY($1)")
+                .bind(&product_ids)
+                .fetch_one(&mut *tx)
+                .await?;
+        let images = u64::try_from(images).unwrap_or(0);
+        if dry_run || product_ids.is_empty() {
+            tx.rollback().await?;
+            return Ok(Purged {
+                product_ids,
+                images,
+                change: None,
+            });
+        }
+        sqlx::query(
+            "DELETE FROM embeddings WHERE image_id IN \
+             (SELECT id FROM images WHERE product_id = ANY($1))",
+        )
+        .bind(&product_ids)
+        .execute(&mut *tx)
+        .await?;
+        for table in ["images", "product_tags"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE product_id = ANY($1)"))
+                .bind(&product_ids)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM products WHERE id = ANY($1)")
+            .bind(&product_ids)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(access::RELEASE_PRODUCTS)
+            .bind(merchant)
+            .bind(product_ids.len() as i64)
+            .bind(images as i64)
+            .execute(&mut *tx)
+            .await?;
+        let change = record_change(&mut tx, now_ms()).await?;
+        tx.commit().await?;
+        Ok(Purged {
+            product_ids,
+            images,
+            change: Some(change),
+        })
     }
 
     async fn put_embeddings(
@@ -769,6 +927,7 @@ impl CatalogStore for PostgresStore {
 access::quota_steps!(PgConnection);
 
 access::impl_access_store!(PostgresStore, sqlx::Postgres);
+crate::jobs::impl_job_store!(PostgresStore, sqlx::Postgres);
 
 #[cfg(test)]
 mod tests {
@@ -938,6 +1097,12 @@ mod tests {
         merchant_overrides,
         concurrent_quota,
         keys,
+        import_jobs,
+        concurrent_job_claims,
+        delete_image,
+        purge,
+        change_sequence,
+        concurrent_purge_and_retag,
         drop_other_versions,
     );
 
@@ -1035,6 +1200,9 @@ mod tests {
                 "merchants_name_key",
                 "api_keys_hash_key",
                 "api_keys_by_merchant",
+                "import_jobs_by_merchant",
+                "import_jobs_unfinished",
+                "import_jobs_public_id_key",
             ] {
                 assert!(indexes.iter().any(|i| i == want), "{want} in {indexes:?}");
             }
@@ -1048,7 +1216,14 @@ mod tests {
             .unwrap();
             assert_eq!(
                 identities,
-                ["api_keys", "embeddings", "images", "merchants", "products"]
+                [
+                    "api_keys",
+                    "embeddings",
+                    "images",
+                    "import_jobs",
+                    "merchants",
+                    "products"
+                ]
             );
             let version: (String, Option<String>) = sqlx::query_as(
                 "SELECT data_type::text, column_default::text FROM information_schema.columns \
@@ -1058,6 +1233,19 @@ mod tests {
             .await
             .unwrap();
             assert_eq!(version, ("bigint".to_string(), Some("1".to_string())));
+            let seq: (String, String) = sqlx::query_as(
+                "SELECT is_identity::text, identity_generation::text \
+                 FROM information_schema.columns \
+                 WHERE table_name = 'catalog_changes' AND column_name = 'seq'",
+            )
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+            assert_eq!(
+                seq,
+                ("YES".to_string(), "ALWAYS".to_string()),
+                "change sequence numbers are never reused"
+            );
             let applied: Vec<i64> =
                 sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
                     .fetch_all(&s.pool)
@@ -1106,6 +1294,56 @@ mod tests {
             assert_eq!(w.product.tags, tags, "as Rust sorts them (bytes)");
             assert_eq!(s.get_product("m", "p").await.unwrap().tags, tags);
             assert_eq!(s.load_states("v1").await.unwrap()[0].tags, tags);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn purge_of_50k_products_is_one_transaction_of_a_few_statements() {
+        on_fresh_db("purge_of_50k_products", |s, _| async move {
+            let mut tx = s.write_tx().await.unwrap();
+            for sql in [
+                "INSERT INTO merchants (name, created_at, product_count, image_count) \
+                 VALUES ('bulk', 0, 50000, 50000)",
+                "INSERT INTO products (merchant_id, external_id, title, created_at, updated_at) \
+                 SELECT (SELECT id FROM merchants WHERE name = 'bulk'), 'p' || g, 't', 0, 0 \
+                 FROM generate_series(0, 49999) g",
+                "INSERT INTO product_tags (product_id, tag) SELECT id, \
+                 CASE WHEN id % 2 = 0 THEN 'half:even' ELSE 'half:odd' END FROM products",
+                "INSERT INTO images (product_id, sha256, byte_size, width, height, format, path, \
+                 created_at) SELECT id, 's' || id, 10, 4, 3, 'png', 'images/s' || id || '.png', 0 \
+                 FROM products",
+                "INSERT INTO embeddings (image_id, model_version, dim, vector, created_at) \
+                 SELECT id, 'v1', 2, '\\x0000003f0000003f'::bytea, 0 FROM images",
+            ] {
+                sqlx::query(sql).execute(&mut *tx).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+            let even = crate::PurgeFilter {
+                all: vec![vec!["half:even".into()]],
+            };
+            let started = std::time::Instant::now();
+            let purged = s.purge("bulk", &even, false).await.unwrap();
+            let half = started.elapsed();
+            assert_eq!((purged.product_ids.len(), purged.images), (25_000, 25_000));
+            let started = std::time::Instant::now();
+            let rest = s
+                .purge("bulk", &crate::PurgeFilter::default(), false)
+                .await
+                .unwrap();
+            let all = started.elapsed();
+            assert_eq!(rest.product_ids.len(), 25_000);
+            eprintln!(
+                "postgres purge: 25k of 50k products by tag in {half:?}, the other 25k in {all:?}"
+            );
+            let limit = std::time::Duration::from_secs(20);
+            assert!(half < limit && all < limit);
+            assert_eq!(s.counts().await.unwrap().embeddings, 0);
+            let m = crate::AccessStore::get_merchant(&s, "bulk")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((m.products, m.images), (0, 0));
         })
         .await;
     }

@@ -23,9 +23,9 @@ use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use crate::access;
 use crate::assemble;
 use crate::{
-    blob_to_vector, vector_to_blob, CatalogStore, Counts, Deleted, Expect, ImageRecord,
-    NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState, ProductUpdate, Quota, Result,
-    StaleImage, StoreError, StoredEmbedding, Written,
+    blob_to_vector, vector_to_blob, CatalogStore, ChangeStamp, Counts, Deleted, Expect,
+    ImageRecord, NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState, ProductUpdate,
+    PurgeFilter, Purged, Quota, Result, StaleImage, StoreError, StoredEmbedding, Written,
 };
 
 /// Paths per `referenced_paths` query (each chunk is one JSON array parameter).
@@ -333,16 +333,43 @@ async fn embeddings_of(
         .collect()
 }
 
-/// What a write to `product_id` committed: read inside the write's transaction, just before
-/// the commit.
+/// Takes the next place in the change sequence: part of every write that changes the catalogue.
+async fn record_change(conn: &mut SqliteConnection, now: i64) -> Result<ChangeStamp> {
+    let seq: i64 = sqlx::query_scalar("INSERT INTO catalog_changes (at) VALUES ($1) RETURNING seq")
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(ChangeStamp { seq, at: now })
+}
+
+/// What a write to `product_id` committed, with its place in the change sequence: read inside
+/// the write's transaction, just before the commit.
 async fn written(
     conn: &mut SqliteConnection,
     product_id: i64,
     model_version: &str,
+    now: i64,
 ) -> Result<Written> {
     let product = load_product(conn, product_id).await?;
     let embeddings = embeddings_of(conn, product_id, model_version).await?;
-    Ok(assemble::written(product, embeddings))
+    let change = record_change(conn, now).await?;
+    Ok(assemble::written(product, embeddings, change))
+}
+
+/// `AND EXISTS (...)` per group of `filter` over products `p`, with JSON-array parameters from
+/// `$first` on; and the parameters to bind, in order.
+fn filter_sql(filter: &PurgeFilter, first: usize) -> (String, Vec<String>) {
+    let mut sql = String::new();
+    let mut binds = Vec::with_capacity(filter.all.len());
+    for (i, group) in filter.all.iter().enumerate() {
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM product_tags t WHERE t.product_id = p.id \
+               AND t.tag IN (SELECT value FROM json_each(${})))",
+            first + i
+        ));
+        binds.push(serde_json::Value::from(group.clone()).to_string());
+    }
+    (sql, binds)
 }
 
 #[async_trait::async_trait]
@@ -361,6 +388,10 @@ impl CatalogStore for SqliteStore {
     }
 
     fn access(&self) -> &dyn crate::AccessStore {
+        self
+    }
+
+    fn jobs(&self) -> &dyn crate::JobStore {
         self
     }
 
@@ -469,6 +500,14 @@ impl CatalogStore for SqliteStore {
         Ok(out)
     }
 
+    async fn last_change(&self) -> Result<ChangeStamp> {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT seq, at FROM catalog_changes ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map_or(ChangeStamp::default(), |(seq, at)| ChangeStamp { seq, at }))
+    }
+
     async fn counts(&self) -> Result<Counts> {
         let (merchants, products, images, embeddings): (i64, i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT COUNT(*) FROM merchants), (SELECT COUNT(*) FROM products), \
@@ -536,7 +575,7 @@ impl CatalogStore for SqliteStore {
         .await?;
         replace_tags(&mut tx, product_id, &product.tags).await?;
         insert_images(&mut tx, product_id, &images, model_version, now).await?;
-        let out = written(&mut tx, product_id, model_version).await?;
+        let out = written(&mut tx, product_id, model_version, now).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -556,7 +595,7 @@ impl CatalogStore for SqliteStore {
         take_images(&mut tx, product_id, images.len(), quota).await?;
         insert_images(&mut tx, product_id, &images, model_version, now).await?;
         bump(&mut tx, product_id, now).await?;
-        let out = written(&mut tx, product_id, model_version).await?;
+        let out = written(&mut tx, product_id, model_version, now).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -608,7 +647,7 @@ impl CatalogStore for SqliteStore {
                 .await?;
             insert_embedding(&mut tx, *image_id, model_version, vector, now).await?;
         }
-        let out = written(&mut tx, product_id, model_version).await?;
+        let out = written(&mut tx, product_id, model_version, now).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -645,8 +684,110 @@ impl CatalogStore for SqliteStore {
             .bind(product_id)
             .execute(&mut *tx)
             .await?;
+        let change = record_change(&mut tx, now_ms()).await?;
         tx.commit().await?;
-        Ok(Deleted { product })
+        Ok(Deleted { product, change })
+    }
+
+    async fn delete_image(
+        &self,
+        merchant: &str,
+        external_id: &str,
+        image_id: i64,
+        expect: Option<Expect>,
+        model_version: &str,
+    ) -> Result<Written> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let product_id = locate_for_write(&mut tx, merchant, external_id, expect).await?;
+        let owner: Option<i64> = sqlx::query_scalar("SELECT product_id FROM images WHERE id = $1")
+            .bind(image_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if owner != Some(product_id) {
+            return Err(StoreError::ImageNotFound {
+                merchant: merchant.to_owned(),
+                id: external_id.to_owned(),
+                image_id,
+            });
+        }
+        sqlx::query("DELETE FROM embeddings WHERE image_id = $1")
+            .bind(image_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM images WHERE id = $1")
+            .bind(image_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(access::RELEASE_IMAGES)
+            .bind(product_id)
+            .bind(1i64)
+            .execute(&mut *tx)
+            .await?;
+        bump(&mut tx, product_id, now).await?;
+        let out = written(&mut tx, product_id, model_version, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn purge(&self, merchant: &str, filter: &PurgeFilter, dry_run: bool) -> Result<Purged> {
+        // BEGIN IMMEDIATE: no write interleaves between choosing the products and deleting them.
+        let mut tx = self.write_tx().await?;
+        let (cond, binds) = filter_sql(filter, 2);
+        let sql = format!("SELECT p.id {PRODUCT_FROM} WHERE m.name = $1{cond} ORDER BY p.id");
+        let mut query = sqlx::query_scalar::<_, i64>(&sql).bind(merchant);
+        for b in &binds {
+            query = query.bind(b);
+        }
+        let product_ids: Vec<i64> = query.fetch_all(&mut *tx).await?;
+        let ids = json_ids(&product_ids);
+        let images: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM images WHERE product_id IN (SELECT value FROM json_each($1))",
+        )
+        .bind(&ids)
+        .fetch_one(&mut *tx)
+        .await?;
+        let images = u64::try_from(images).unwrap_or(0);
+        if dry_run || product_ids.is_empty() {
+            tx.rollback().await?;
+            return Ok(Purged {
+                product_ids,
+                images,
+                change: None,
+            });
+        }
+        sqlx::query(
+            "DELETE FROM embeddings WHERE image_id IN (SELECT id FROM images \
+             WHERE product_id IN (SELECT value FROM json_each($1)))",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        for table in ["images", "product_tags"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE product_id IN (SELECT value FROM json_each($1))"
+            ))
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM products WHERE id IN (SELECT value FROM json_each($1))")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(access::RELEASE_PRODUCTS)
+            .bind(merchant)
+            .bind(product_ids.len() as i64)
+            .bind(images as i64)
+            .execute(&mut *tx)
+            .await?;
+        let change = record_change(&mut tx, now_ms()).await?;
+        tx.commit().await?;
+        Ok(Purged {
+            product_ids,
+            images,
+            change: Some(change),
+        })
     }
 
     async fn put_embeddings(
@@ -701,6 +842,7 @@ impl CatalogStore for SqliteStore {
 access::quota_steps!(SqliteConnection);
 
 access::impl_access_store!(SqliteStore, sqlx::Sqlite);
+crate::jobs::impl_job_store!(SqliteStore, sqlx::Sqlite);
 
 #[cfg(test)]
 mod tests {
@@ -784,6 +926,12 @@ mod tests {
         merchant_overrides,
         concurrent_quota,
         keys,
+        import_jobs,
+        concurrent_job_claims,
+        delete_image,
+        purge,
+        change_sequence,
+        concurrent_purge_and_retag,
         drop_other_versions,
     );
 
@@ -970,6 +1118,53 @@ mod tests {
         assert_eq!(s.drop_other_versions("new").await.unwrap(), 1);
         assert_eq!(s.stale_images("old", 10).await.unwrap().len(), 1);
         assert!(s.load_states("old").await.unwrap()[0].embeddings.is_empty());
+    }
+
+    #[tokio::test]
+    async fn purge_of_50k_products_is_one_transaction_of_a_few_statements() {
+        // 50k products with a tag, an image and an embedding each (bulk SQL, counters set as
+        // the writes would), then one filtered purge of half and one of the rest.
+        let (_d, s) = store().await;
+        let mut tx = s.write_tx().await.unwrap();
+        for sql in [
+            "INSERT INTO merchants (name, created_at, product_count, image_count) \
+             VALUES ('bulk', 0, 50000, 50000)",
+            "WITH RECURSIVE g(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM g WHERE i < 49999) \
+             INSERT INTO products (merchant_id, external_id, title, created_at, updated_at) \
+             SELECT 1, 'p' || i, 't', 0, 0 FROM g",
+            "INSERT INTO product_tags (product_id, tag) \
+             SELECT id, CASE WHEN id % 2 = 0 THEN 'half:even' ELSE 'half:odd' END FROM products",
+            "INSERT INTO images (product_id, sha256, byte_size, width, height, format, path, \
+             created_at) SELECT id, 's' || id, 10, 4, 3, 'png', 'images/s' || id || '.png', 0 \
+             FROM products",
+            "INSERT INTO embeddings (image_id, model_version, dim, vector, created_at) \
+             SELECT id, 'v1', 2, x'0000003f0000003f', 0 FROM images",
+        ] {
+            sqlx::query(sql).execute(&mut *tx).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        let even = crate::PurgeFilter {
+            all: vec![vec!["half:even".into()]],
+        };
+        let started = std::time::Instant::now();
+        let purged = s.purge("bulk", &even, false).await.unwrap();
+        let half = started.elapsed();
+        assert_eq!((purged.product_ids.len(), purged.images), (25_000, 25_000));
+        let started = std::time::Instant::now();
+        let rest = s
+            .purge("bulk", &crate::PurgeFilter::default(), false)
+            .await
+            .unwrap();
+        let all = started.elapsed();
+        assert_eq!(rest.product_ids.len(), 25_000);
+        eprintln!("sqlite purge: 25k of 50k products by tag in {half:?}, the other 25k in {all:?}");
+        assert!(half < Duration::from_secs(20) && all < Duration::from_secs(20));
+        assert_eq!(s.counts().await.unwrap().embeddings, 0);
+        let m = crate::AccessStore::get_merchant(&s, "bulk")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((m.products, m.images), (0, 0));
     }
 
     #[tokio::test]

@@ -101,12 +101,26 @@ pub struct ProductState {
     pub embeddings: Vec<StoredEmbedding>,
 }
 
+/// A committed change's place in the catalogue's change sequence (`catalog_changes`): every
+/// write transaction that changes the catalogue takes the next `seq`, so the highest `seq` a
+/// search view has applied says how fresh it is, and never goes back (a restart starts from the
+/// store's highest).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ChangeStamp {
+    /// 0 before the first change; then 1, 2, ... (never reused; Postgres may leave gaps).
+    pub seq: i64,
+    /// When the change was written, milliseconds since the Unix epoch (0 before the first).
+    pub at: i64,
+}
+
 /// What a write to a product committed.
 #[derive(Debug, Clone)]
 pub struct Written {
     pub product: ProductRecord,
     /// The searchable state after the write, for the write's model version.
     pub state: ProductState,
+    /// The write's place in the change sequence.
+    pub change: ChangeStamp,
 }
 
 /// What a delete committed.
@@ -114,6 +128,26 @@ pub struct Written {
 pub struct Deleted {
     /// The product as it was just before the delete.
     pub product: ProductRecord,
+    /// The delete's place in the change sequence.
+    pub change: ChangeStamp,
+}
+
+/// Which of a merchant's products a purge deletes: an AND of ORs over tags (every group must
+/// have one of its tags); no groups: every product of the merchant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeFilter {
+    pub all: Vec<Vec<String>>,
+}
+
+/// What a purge deleted (or, on a dry run, would delete).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Purged {
+    /// Internal ids of the products, in id order.
+    pub product_ids: Vec<i64>,
+    /// Their images (rows; files are swept later).
+    pub images: u64,
+    /// The purge's place in the change sequence; `None` on a dry run or when nothing matched.
+    pub change: Option<ChangeStamp>,
 }
 
 /// An image without an embedding by some model version.
