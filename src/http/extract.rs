@@ -198,6 +198,34 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Ap
     })
 }
 
+/// A request's `Content-Type` as sent, and its media type alone, lowercase (`""` when none).
+pub fn content_type_of(req: &Request) -> (String, String) {
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    (content_type, mime)
+}
+
+/// The whole body, within the body limit (413 `payload_too_large` beyond it).
+pub async fn raw_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(ErrorCode::PayloadTooLarge, r.body_text())
+        } else {
+            ApiError::new(ErrorCode::InvalidRequest, r.body_text())
+        }
+    })
+}
+
 impl<S> FromRequest<S> for Upload
 where
     S: Send + Sync,
@@ -205,18 +233,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let content_type = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let mime = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let (content_type, mime) = content_type_of(&req);
         let mut upload = Upload::default();
         if mime == "multipart/form-data" {
             let mut multipart = Multipart::from_request(req, state).await?;
@@ -250,13 +267,7 @@ where
                 }
             }
         } else if mime.starts_with("image/") || mime == "application/octet-stream" {
-            let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(ErrorCode::PayloadTooLarge, r.body_text())
-                } else {
-                    ApiError::new(ErrorCode::InvalidRequest, r.body_text())
-                }
-            })?;
+            let bytes = raw_body(req, state).await?;
             if bytes.is_empty() {
                 return Err(ApiError::new(
                     ErrorCode::InvalidRequest,

@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{ApiPath, ApiQuery};
+use super::extract::{content_type_of, raw_body, ApiPath, ApiQuery};
 use super::openapi::errors;
 use super::products::rfc3339;
 use crate::core::AppState;
@@ -215,18 +215,7 @@ impl<S: Send + Sync> FromRequest<S> for ImportUpload {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let mime = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let (content_type, mime) = content_type_of(&req);
         let format = match mime.as_str() {
             "text/csv" => None, // ours or Google's: the first line tells
             "application/x-ndjson" | "application/jsonl" | "application/json-lines" => {
@@ -240,13 +229,7 @@ impl<S: Send + Sync> FromRequest<S> for ImportUpload {
                 ))
             }
         };
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(ErrorCode::PayloadTooLarge, r.body_text())
-            } else {
-                ApiError::new(ErrorCode::InvalidRequest, r.body_text())
-            }
-        })?;
+        let bytes = raw_body(req, state).await?;
         Ok(ImportUpload { format, bytes })
     }
 }

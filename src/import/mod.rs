@@ -468,15 +468,27 @@ impl Desired {
     }
 }
 
-/// The images of `wanted` that `present` lacks, as multisets of checksums.
-fn missing<'a>(wanted: &'a [Loaded], present: &[String]) -> Vec<&'a Loaded> {
+/// An image known by its content hash.
+pub(crate) trait Checksummed {
+    fn sha256(&self) -> &str;
+}
+
+impl Checksummed for Loaded {
+    fn sha256(&self) -> &str {
+        &self.sha256
+    }
+}
+
+/// The images of `wanted` that `present` lacks, as multisets of checksums (a product may hold
+/// the same bytes twice). Shared with the server-side import jobs (`crate::jobs`).
+pub(crate) fn missing<'a, T: Checksummed>(wanted: &'a [T], present: &[String]) -> Vec<&'a T> {
     let mut have: HashMap<&str, usize> = HashMap::new();
     for s in present {
         *have.entry(s.as_str()).or_default() += 1;
     }
     wanted
         .iter()
-        .filter(|im| match have.get_mut(im.sha256.as_str()) {
+        .filter(|im| match have.get_mut(im.sha256()) {
             Some(n) if *n > 0 => {
                 *n -= 1;
                 false
