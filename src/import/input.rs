@@ -247,40 +247,7 @@ fn parse_csv(bytes: &[u8]) -> Result<Parsed, InputError> {
             "the CSV header has no `image` or `images` column".into(),
         ));
     }
-    let lines = LineIndex::new(bytes);
-    let mut out = Parsed::default();
-    let mut record = csv::StringRecord::new();
-    loop {
-        let at = reader.position().byte();
-        match reader.read_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {
-                let line = lines.line_at(record.position().map_or(at, |p| p.byte()));
-                if record.iter().all(|f| f.trim().is_empty()) {
-                    continue;
-                }
-                out.total += 1;
-                match csv_row(&cols, &record, line) {
-                    Ok(row) => out.rows.push(row),
-                    Err(e) => out.errors.push(e),
-                }
-            }
-            Err(e) => {
-                // A malformed record (invalid UTF-8, say): report it and read on.
-                let line = lines.line_at(e.position().map_or(at, |p| p.byte()));
-                out.total += 1;
-                out.errors.push(RowError {
-                    line,
-                    id: None,
-                    message: format!("unreadable CSV record: {e}"),
-                });
-                if !matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) {
-                    break;
-                }
-            }
-        }
-    }
-    Ok(out)
+    Ok(read_records(reader, bytes, |record, line| csv_row(&cols, record, line)))
 }
 
 /// Line numbers from byte offsets (the csv crate's own line count skips blank lines, and a
@@ -479,10 +446,22 @@ fn jsonl_row(text: &str, line: u64) -> Result<Row, RowError> {
 }
 
 fn parse_gcp(bytes: &[u8]) -> Parsed {
-    let mut reader = csv::ReaderBuilder::new()
+    let reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .from_reader(bytes);
+    read_records(reader, bytes, gcp_row)
+}
+
+/// Reads every record of `reader` (over `bytes`) into rows with `row_of`, skipping blank
+/// records and reporting unreadable ones with their line; reading stops only at a malformed
+/// record the CSV reader cannot get past (anything but invalid UTF-8). Shared by our CSV and
+/// Google's.
+fn read_records(
+    mut reader: csv::Reader<&[u8]>,
+    bytes: &[u8],
+    mut row_of: impl FnMut(&csv::StringRecord, u64) -> Result<Row, RowError>,
+) -> Parsed {
     let lines = LineIndex::new(bytes);
     let mut out = Parsed::default();
     let mut record = csv::StringRecord::new();
@@ -496,12 +475,13 @@ fn parse_gcp(bytes: &[u8]) -> Parsed {
                     continue;
                 }
                 out.total += 1;
-                match gcp_row(&record, line) {
+                match row_of(&record, line) {
                     Ok(row) => out.rows.push(row),
                     Err(e) => out.errors.push(e),
                 }
             }
             Err(e) => {
+                // A malformed record (invalid UTF-8, say): report it and read on.
                 let line = lines.line_at(e.position().map_or(at, |p| p.byte()));
                 out.total += 1;
                 out.errors.push(RowError {
