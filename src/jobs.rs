@@ -266,7 +266,19 @@ async fn run_job(
         };
     let products = input::group(parsed);
     let concurrency = core.config().import.concurrency;
-    let root = core.config().import.root.clone().map(Arc::new);
+    // Resolved once per job: every image path is checked against the real directory.
+    let root = match core.config().import.root.clone() {
+        None => None,
+        Some(r) => match tokio::task::spawn_blocking(move || r.canonicalize()).await {
+            Ok(Ok(r)) => Some(Arc::new(r)),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "import.root cannot be read");
+                let msg = "the server's import root cannot be read".to_owned();
+                return end(JobStatus::Failed, progress, Some(msg)).await;
+            }
+            Err(e) => return end(JobStatus::Failed, progress, Some(e.to_string())).await,
+        },
+    };
     let mut queue = products.into_iter().skip(resumed_at);
     // The products being written, in file order: each in a task of its own, so that stopping
     // or cancelling never drops a write half-way; awaited in order, so that `products_done`
@@ -764,16 +776,9 @@ fn parse_reference(reference: &str) -> Result<Reference, LoadError> {
 }
 
 /// Reads `path` (relative to `root`, or absolute) if, once every link is resolved, it lies under
-/// `root`.
+/// `root`, which is already canonical (resolved once per job).
 fn read_under(root: &Path, path: &Path, max: usize) -> Result<Vec<u8>, LoadError> {
     let shown = path.display().to_string();
-    let root = root.canonicalize().map_err(|e| {
-        tracing::warn!(root = %root.display(), error = %e, "import.root cannot be read");
-        (
-            ErrorCode::Internal,
-            "the server's import root cannot be read".to_owned(),
-        )
-    })?;
     let not_found = || {
         (
             ErrorCode::InvalidField,
@@ -781,7 +786,7 @@ fn read_under(root: &Path, path: &Path, max: usize) -> Result<Vec<u8>, LoadError
         )
     };
     let full = root.join(path).canonicalize().map_err(|_| not_found())?;
-    if !full.starts_with(&root) {
+    if !full.starts_with(root) {
         // Said the same way as a missing file: nothing about the server's files leaks.
         return Err(not_found());
     }
@@ -829,6 +834,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir_all(root.join("sub")).unwrap();
+        let root = root.canonicalize().unwrap();
         std::fs::write(root.join("sub/a.jpg"), b"inside").unwrap();
         std::fs::write(dir.path().join("secret.jpg"), b"outside").unwrap();
         assert_eq!(
