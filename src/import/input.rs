@@ -247,7 +247,9 @@ fn parse_csv(bytes: &[u8]) -> Result<Parsed, InputError> {
             "the CSV header has no `image` or `images` column".into(),
         ));
     }
-    Ok(read_records(reader, bytes, |record, line| csv_row(&cols, record, line)))
+    Ok(read_records(reader, bytes, |record, line| {
+        csv_row(&cols, record, line)
+    }))
 }
 
 /// Line numbers from byte offsets (the csv crate's own line count skips blank lines, and a

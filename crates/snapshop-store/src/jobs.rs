@@ -268,6 +268,25 @@ pub(crate) const SET_PROGRESS: &str = "products_done = $3, created_count = $4, \
      updated_count = $5, unchanged_count = $6, failed_count = $7, image_count = $8, \
      error_count = $9, errors = $10";
 
+/// Binds `$1` (id), `$2` (runner) and the progress columns `$3`-`$10` of [`SET_PROGRESS`].
+macro_rules! bind_progress {
+    ($query:expr, $id:expr, $runner:expr, $p:expr) => {
+        $query
+            .bind($id)
+            .bind($runner)
+            .bind($p.products_done)
+            .bind($p.created)
+            .bind($p.updated)
+            .bind($p.unchanged)
+            .bind($p.failed)
+            .bind($p.images)
+            .bind($p.error_count)
+            .bind($crate::jobs::errors_json(&$p.errors))
+    };
+}
+
+pub(crate) use bind_progress;
+
 /// Implements [`JobStore`] for a backend struct with a `pool` field of database `$db`.
 macro_rules! impl_job_store {
     ($store:ty, $db:ty) => {
@@ -427,17 +446,8 @@ macro_rules! impl_job_store {
                      RETURNING cancel_requested",
                     $crate::jobs::SET_PROGRESS
                 );
-                let cancel: Option<bool> = sqlx::query_scalar(&sql)
-                    .bind(id)
-                    .bind(runner)
-                    .bind(progress.products_done)
-                    .bind(progress.created)
-                    .bind(progress.updated)
-                    .bind(progress.unchanged)
-                    .bind(progress.failed)
-                    .bind(progress.images)
-                    .bind(progress.error_count)
-                    .bind($crate::jobs::errors_json(&progress.errors))
+                let cancel: Option<bool> =
+                    $crate::jobs::bind_progress!(sqlx::query_scalar(&sql), id, runner, progress)
                     .bind(lease_until)
                     .bind(now_ms)
                     .fetch_optional(&self.pool)
@@ -463,17 +473,8 @@ macro_rules! impl_job_store {
                      WHERE id = $1 AND runner = $2 AND status = 'running' RETURNING id",
                     $crate::jobs::SET_PROGRESS
                 );
-                let done: Option<i64> = sqlx::query_scalar(&sql)
-                    .bind(id)
-                    .bind(runner)
-                    .bind(progress.products_done)
-                    .bind(progress.created)
-                    .bind(progress.updated)
-                    .bind(progress.unchanged)
-                    .bind(progress.failed)
-                    .bind(progress.images)
-                    .bind(progress.error_count)
-                    .bind($crate::jobs::errors_json(&progress.errors))
+                let done: Option<i64> =
+                    $crate::jobs::bind_progress!(sqlx::query_scalar(&sql), id, runner, progress)
                     .bind(status.as_str())
                     .bind(message)
                     .bind(now_ms)
