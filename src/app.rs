@@ -44,6 +44,7 @@ pub struct Background {
     stop: Arc<AtomicBool>,
     task: JoinHandle<()>,
     imports: JoinHandle<()>,
+    feed: JoinHandle<()>,
     hup: Option<JoinHandle<()>>,
 }
 
@@ -317,6 +318,29 @@ pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppS
             "dropped embeddings of other model versions"
         );
     }
+    // A replica follows the change feed from a point read before its snapshot (the states then
+    // hold at least every change up to it), and checks in at once, so that compaction keeps
+    // the changes it will replay.
+    let follower = if config.feed.follows(store.backend()) {
+        let head = store.feed().feed_head().await?;
+        let name = config
+            .feed
+            .replica
+            .clone()
+            .unwrap_or_else(crate::feed::default_replica_name);
+        store
+            .feed()
+            .checkin(snapshop_store::feed::Checkin {
+                replica: &name,
+                cursor: head,
+                model_version: model.version(),
+                now: crate::auth::now_ms(),
+            })
+            .await?;
+        Some(Arc::new(crate::feed::FeedState::new(name, head)))
+    } else {
+        None
+    };
     let view = crate::swap::build_view(&config, store.as_ref(), &model, true).await?;
     crate::metrics::install();
     crate::metrics::model_info(
@@ -325,6 +349,9 @@ pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppS
         &model.bundle().manifest.backbone,
     );
     let core = Arc::new(Core::new(config, store, Serving { model, view }, loader));
+    if let Some(f) = follower {
+        core.set_feed(f);
+    }
     crate::metrics::refresh(&core);
     let serving = core.serving();
     tracing::info!(
@@ -427,10 +454,12 @@ pub fn start_background(state: &AppState) -> Background {
     #[cfg(not(unix))]
     let hup = None;
     let imports = tokio::spawn(crate::jobs::run(state.clone(), stop.clone()));
+    let feed = tokio::spawn(crate::feed::run(state.clone()));
     Background {
         stop,
         task,
         imports,
+        feed,
         hup,
     }
 }
@@ -473,6 +502,10 @@ pub async fn shutdown_state(state: &AppState, background: Background) -> anyhow:
     let _ = background.task.await;
     // An import job saves its progress and ends its lease before this returns.
     let _ = background.imports.await;
+    if let Some(f) = state.feed() {
+        f.stop();
+    }
+    let _ = background.feed.await;
     if let Some(h) = background.hup {
         h.abort();
     }

@@ -86,6 +86,66 @@ pub struct Config {
     pub rate_limits: crate::auth::limit::RateLimits,
     pub quotas: Quotas,
     pub import: ImportSettings,
+    pub feed: FeedSettings,
+}
+
+/// The change feed a replica follows to apply other replicas' writes (`crate::feed`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedSettings {
+    /// Follow the feed: `auto` (on with Postgres, where replicas share the database; off with
+    /// SQLite, where one process owns the file and its own writes reach its view directly),
+    /// `on` or `off`.
+    pub mode: FeedMode,
+    /// This replica's name among those sharing the database (compaction waits for each).
+    /// Unset: the host name, the process id and a random suffix.
+    pub replica: Option<String>,
+    /// Milliseconds between reads when no notification arrives (`LISTEN/NOTIFY` wakes the
+    /// follower at once; polling covers notifications missed while disconnected).
+    pub poll_ms: u64,
+    /// Rows read per batch.
+    pub batch: usize,
+    /// `/readyz` answers 503 while the oldest change not yet applied is older than this.
+    pub max_lag_secs: u64,
+    /// Seconds between check-ins of this replica's cursor.
+    pub checkin_secs: u64,
+    /// A replica that has not checked in for this long is dropped from the compaction horizon
+    /// (when it comes back it finds itself behind the compaction point and reloads its view).
+    pub replica_timeout_secs: u64,
+}
+
+/// See [`FeedSettings::mode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedMode {
+    Auto,
+    On,
+    Off,
+}
+
+impl FeedSettings {
+    /// Whether to follow the feed over a store of backend `backend`.
+    pub fn follows(&self, backend: &str) -> bool {
+        match self.mode {
+            FeedMode::On => true,
+            FeedMode::Off => false,
+            FeedMode::Auto => backend == "postgres",
+        }
+    }
+}
+
+impl Default for FeedSettings {
+    fn default() -> Self {
+        Self {
+            mode: FeedMode::Auto,
+            replica: None,
+            poll_ms: 500,
+            batch: 1000,
+            max_lag_secs: 30,
+            checkin_secs: 5,
+            replica_timeout_secs: 300,
+        }
+    }
 }
 
 /// Server-side import jobs (`POST /v1/merchants/{merchant}/imports`).
@@ -250,6 +310,7 @@ impl Default for Config {
             rate_limits: crate::auth::limit::RateLimits::default(),
             quotas: Quotas::default(),
             import: ImportSettings::default(),
+            feed: FeedSettings::default(),
         }
     }
 }

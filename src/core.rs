@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use snapshop_inference::ImageLimits;
-use snapshop_store::{CatalogStore, KeyKind, KeyQuery};
+use snapshop_store::{CatalogStore, FeedCursor, KeyKind, KeyQuery};
 use tokio::sync::{Notify, OwnedSemaphorePermit, RwLock, RwLockReadGuard, Semaphore};
 
 use crate::auth::limit::RateLimiter;
 use crate::auth::{now_ms, Authenticator};
 use crate::config::Config;
+use crate::feed::FeedState;
 use crate::files::ImageFiles;
 use crate::model::{Model, ModelLoader};
 use crate::swap::SwapStatus;
@@ -52,6 +53,11 @@ pub struct Core {
     /// The browser origins active search keys allow, refreshed every [`ORIGINS_TTL`] (CORS
     /// preflights only; the real request checks its own key).
     key_origins: Mutex<Option<(Instant, HashSet<String>)>>,
+    /// The change feed's follower, when this replica follows one (`crate::feed`).
+    feed: std::sync::OnceLock<Arc<FeedState>>,
+    /// Held by the follower across reading and applying a batch, and by whatever replaces or
+    /// rebuilds the view (a reload, a model switch): see `crate::feed`.
+    feed_lock: tokio::sync::Mutex<()>,
 }
 
 /// How long the cached set of search-key origins is used.
@@ -85,9 +91,26 @@ impl Core {
             authenticator: Authenticator::new(store.clone(), config.auth.dev_mode),
             rate_limiter: RateLimiter::new(config.rate_limits.clone()),
             key_origins: Mutex::new(None),
+            feed: std::sync::OnceLock::new(),
+            feed_lock: tokio::sync::Mutex::new(()),
             config,
             store,
         }
+    }
+
+    /// Attaches the change feed's follower state (once, at start-up).
+    pub fn set_feed(&self, feed: Arc<FeedState>) {
+        let _ = self.feed.set(feed);
+    }
+
+    /// The follower's state, when this replica follows the change feed.
+    pub fn feed(&self) -> Option<&Arc<FeedState>> {
+        self.feed.get()
+    }
+
+    /// See the `feed_lock` field.
+    pub(crate) async fn feed_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.feed_lock.lock().await
     }
 
     pub fn authenticator(&self) -> &Authenticator {
@@ -244,11 +267,20 @@ impl Core {
     }
 
     /// Rebuilds the current view's contents from the store, with writes held at the gate.
-    pub async fn reconcile(&self) -> anyhow::Result<()> {
+    /// Returns the change feed's final point read before the states (a follower goes on from it).
+    pub async fn reconcile(&self) -> anyhow::Result<FeedCursor> {
+        let _feed = self.feed_lock().await;
+        self.reconcile_holding_feed().await
+    }
+
+    /// [`Core::reconcile`] for a caller that holds [`Core::feed_lock`] already.
+    pub(crate) async fn reconcile_holding_feed(&self) -> anyhow::Result<FeedCursor> {
         let _gate = self.exclusive_gate().await;
         let serving = self.serving();
         let started = Instant::now();
-        // Before the states: the view then never claims a change they may not hold.
+        // Before the states: the view then never claims a change they may not hold, and a
+        // follower going on from `head` misses nothing.
+        let head = self.store.feed().feed_head().await?;
         let position = self.store.last_change().await?;
         let states = self.store.load_states(serving.model.version()).await?;
         let view = serving.view.clone();
@@ -259,6 +291,6 @@ impl Core {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "search view reconciled with the store"
         );
-        Ok(())
+        Ok(head)
     }
 }

@@ -65,7 +65,8 @@ error_codes! {
     Internal = "internal", 500, "anything else; details are in the server log only";
     Overloaded = "overloaded", 503, "too many searches in flight or the inference queue is full";
     Timeout = "timeout", 503, "the request ran longer than allowed";
-    NotReady = "not_ready", 503, "starting up or shutting down";
+    NotReady = "not_ready", 503, "starting up or shutting down, or too far behind the catalogue's change feed";
+    StoreUnavailable = "store_unavailable", 503, "the catalogue database cannot be reached; searches still work, writes do not";
 }
 
 impl ErrorCode {
@@ -99,6 +100,8 @@ impl Coded for snapshop_store::StoreError {
             E::JobNotFound(_) => ErrorCode::ImportNotFound,
             // Tokens are random: a collision means the same token was given twice.
             E::KeyExists => ErrorCode::InvalidField,
+            e if e.is_unavailable() => ErrorCode::StoreUnavailable,
+            E::Unavailable(_) => ErrorCode::StoreUnavailable,
             E::UnsupportedUrl(_) | E::Corrupt(_) | E::Db(_) | E::Migrate(_) => ErrorCode::Internal,
         }
     }

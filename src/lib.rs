@@ -12,6 +12,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod eval;
+pub mod feed;
 pub mod files;
 pub mod http;
 pub mod ids;

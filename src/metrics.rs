@@ -150,6 +150,31 @@ fn describe() {
         "snapshop_reembed_failures_total",
         "Images that could not be re-embedded (their file is unreadable)"
     );
+    describe_gauge!(
+        "snapshop_feed_lag_seconds",
+        Unit::Seconds,
+        "How long the oldest committed change this replica has not applied has waited (replicas only)"
+    );
+    describe_gauge!(
+        "snapshop_feed_pending_changes",
+        "Committed changes this replica has not applied yet (replicas only)"
+    );
+    describe_gauge!(
+        "snapshop_feed_listening",
+        "1 while the change feed's LISTEN connection is open (replicas only)"
+    );
+    describe_counter!(
+        "snapshop_feed_changes_applied_total",
+        "Change feed rows applied to this replica's search view"
+    );
+    describe_counter!(
+        "snapshop_feed_reloads_total",
+        "Full reloads of the search view by the change feed's follower"
+    );
+    describe_counter!(
+        "snapshop_feed_errors_total",
+        "Failed reads of the change feed (the store unreachable)"
+    );
 }
 
 /// Refreshes the gauges that are read from state rather than pushed.
@@ -168,6 +193,12 @@ pub fn refresh(core: &Core) {
     metrics::gauge!("snapshop_inference_queue_capacity")
         .set(core.config().queue.capacity.max(1) as f64);
     metrics::gauge!("snapshop_ready").set(if core.is_ready() { 1.0 } else { 0.0 });
+    if let Some(feed) = core.feed() {
+        let status = feed.status();
+        metrics::gauge!("snapshop_feed_lag_seconds").set(status.lag_ms as f64 / 1000.0);
+        metrics::gauge!("snapshop_feed_pending_changes").set(status.pending as f64);
+        metrics::gauge!("snapshop_feed_listening").set(if status.listening { 1.0 } else { 0.0 });
+    }
 }
 
 /// Sets the model info gauge.

@@ -317,7 +317,9 @@ async fn run_swap(core: &Arc<Core>, model: Arc<Model>, from: String) -> anyhow::
     };
     let mut images = reembed_stale(store, core.files(), &model, report).await?;
     let view = build_view(core.config(), store, &model, false).await?;
-    // The switch: no write commits from here until the new pair serves.
+    // The switch: no write commits from here until the new pair serves, and the change feed's
+    // follower applies nothing until then (it goes on with the new view afterwards).
+    let feed = core.feed_lock().await;
     let gate = core.exclusive_gate().await;
     images += reembed_stale(store, core.files(), &model, |_| {}).await?;
     let position = store.last_change().await?;
@@ -329,6 +331,7 @@ async fn run_swap(core: &Arc<Core>, model: Arc<Model>, from: String) -> anyhow::
         view,
     });
     drop(gate);
+    drop(feed);
     crate::metrics::model_info(&to, model.device(), &model.bundle().manifest.backbone);
     crate::metrics::forget_model_info(
         old.model.version(),

@@ -233,7 +233,24 @@ pub struct Authenticator {
     store: Arc<dyn CatalogStore>,
     dev_mode: bool,
     touched: Mutex<HashMap<i64, Instant>>,
+    /// The last record each key hash was found with, used only while the store is unreachable
+    /// (see [`OUTAGE_GRACE`]): every other request looks the key up, so a revocation takes
+    /// effect on the next request.
+    last_known: Mutex<HashMap<String, (Instant, Arc<KeyRecord>)>>,
+    /// Until when lookups skip the store after it was found unreachable ([`STORE_DOWN_BACKOFF`]):
+    /// without it every request would first wait out the pool's connect timeout.
+    store_down_until: Mutex<Option<Instant>>,
 }
+
+/// How long key lookups go straight to the last known records after the store was found
+/// unreachable; the first request after it tries the store again.
+const STORE_DOWN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How old a key lookup may be and still admit a request while the store cannot be reached:
+/// searches keep being answered from memory through a database outage this long.
+const OUTAGE_GRACE: Duration = Duration::from_secs(15 * 60);
+/// At most this many remembered lookups (the map is cleared when full).
+const LAST_KNOWN_MAX: usize = 10_000;
 
 impl Authenticator {
     pub fn new(store: Arc<dyn CatalogStore>, dev_mode: bool) -> Self {
@@ -241,6 +258,60 @@ impl Authenticator {
             store,
             dev_mode,
             touched: Mutex::new(HashMap::new()),
+            last_known: Mutex::new(HashMap::new()),
+            store_down_until: Mutex::new(None),
+        }
+    }
+
+    /// The key record for `hash`: from the store, or, while the store is unreachable, as a
+    /// lookup less than [`OUTAGE_GRACE`] ago found it.
+    async fn lookup(&self, hash: &str) -> Result<Option<Arc<KeyRecord>>, AuthError> {
+        let down = self
+            .store_down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| Instant::now() < until);
+        let looked_up = if down {
+            Err(StoreError::Unavailable(
+                "the store was unreachable a moment ago".into(),
+            ))
+        } else {
+            self.store.access().key_by_hash(hash).await
+        };
+        if matches!(&looked_up, Err(e) if e.is_unavailable()) && !down {
+            *self
+                .store_down_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + STORE_DOWN_BACKOFF);
+        }
+        match looked_up {
+            Ok(Some(record)) => {
+                let record = Arc::new(record);
+                let mut known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
+                if known.len() >= LAST_KNOWN_MAX {
+                    known.clear();
+                }
+                known.insert(hash.to_owned(), (Instant::now(), record.clone()));
+                Ok(Some(record))
+            }
+            Ok(None) => {
+                self.last_known
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(hash);
+                Ok(None)
+            }
+            Err(e) if e.is_unavailable() => {
+                let known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
+                match known.get(hash) {
+                    Some((at, record)) if at.elapsed() < OUTAGE_GRACE => {
+                        tracing::debug!(key_id = record.id, error = %e, "store unreachable: using the key's last lookup");
+                        Ok(Some(record.clone()))
+                    }
+                    _ => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -265,12 +336,7 @@ impl Authenticator {
             return Err(AuthError::Unknown);
         }
         let hash = hash_token(token);
-        let record = self
-            .store
-            .access()
-            .key_by_hash(&hash)
-            .await?
-            .ok_or(AuthError::Unknown)?;
+        let record = self.lookup(&hash).await?.ok_or(AuthError::Unknown)?;
         // The lookup found it by hash already; comparing again in constant time keeps a
         // backend's string comparison out of the picture.
         if !bool::from(record.hash.as_bytes().ct_eq(hash.as_bytes())) {
@@ -284,7 +350,7 @@ impl Authenticator {
             return Err(AuthError::Expired);
         }
         self.touch(record.id, now);
-        Ok(Principal::Key(Arc::new(record)))
+        Ok(Principal::Key(record))
     }
 
     /// Records the key's use in the background, at most every [`TOUCH_EVERY`].

@@ -75,6 +75,9 @@ impl<E: Coded> From<E> for ApiError {
             let message = match code {
                 // Our own fixed texts only: they say what to do, not what broke.
                 ErrorCode::Internal => "internal error".to_owned(),
+                ErrorCode::StoreUnavailable => {
+                    "the catalogue database is unavailable; retry later".to_owned()
+                }
                 _ => e.to_string(),
             };
             Self {

@@ -69,6 +69,12 @@ struct Ready {
     /// The running or last model swap.
     #[schema(value_type = SwapStatusSchema)]
     model_swap: SwapStatus,
+    /// Whether the store answered just now. A replica that follows the change feed stays ready
+    /// without it: searches are answered from memory, writes get 503 `store_unavailable`.
+    store_reachable: bool,
+    /// The change feed's follower (replicas on Postgres); `null` when this process does not
+    /// follow one.
+    feed: Option<crate::feed::FeedStatus>,
 }
 
 /// The index counters with the view's freshness (a search's `index_version`).
@@ -99,11 +105,26 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> 
             "the service is not ready",
         ));
     }
-    state
-        .store()
-        .ping()
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::NotReady, "the store does not answer"))?;
+    let store_reachable = state.store().ping().await.is_ok();
+    let feed = state.feed().map(|f| f.status());
+    match &feed {
+        None if !store_reachable => {
+            return Err(ApiError::new(
+                ErrorCode::NotReady,
+                "the store does not answer",
+            ))
+        }
+        Some(f) if f.lag_ms > state.config().feed.max_lag_secs as i64 * 1000 => {
+            return Err(ApiError::new(
+                ErrorCode::NotReady,
+                format!(
+                    "the search view is {} ms behind the catalogue's change feed",
+                    f.lag_ms
+                ),
+            ))
+        }
+        _ => {}
+    }
     let serving = state.serving();
     Ok(Json(Ready {
         status: "ready",
@@ -124,6 +145,8 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> 
         view_dirty: serving.view.is_dirty(),
         queue_depth: serving.model.queue_depth(),
         model_swap: state.swap_status(),
+        store_reachable,
+        feed,
     }))
 }
 

@@ -107,7 +107,7 @@ pub struct ResultBody {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = SearchResponse, example = json!({
     "model_version": "ynet-mnv2-192-1", "reranked": true, "candidates": 256,
-    "index_version": 1042, "index_updated_at": "2026-12-01T12:00:00.123Z",
+    "index_version": 1042, "index_updated_at": "2026-12-01T12:00:00.123Z", "index_lag_ms": 0,
     "results": [{"product_id": "sku-1", "merchant": "acme", "title": "Red dress",
         "tags": ["category:dress", "color:red"], "image_id": 1, "score": 0.83,
         "first_pass_rank": 3, "first_pass_score": 0.71}],
@@ -125,6 +125,9 @@ pub struct SearchBody {
     /// When that change was written (RFC 3339); `null` before any change.
     #[schema(format = DateTime)]
     pub index_updated_at: Option<String>,
+    /// How long the oldest catalogue change this replica has not applied yet has waited, in
+    /// milliseconds (0: caught up; always 0 for a single process, which applies its own writes).
+    pub index_lag_ms: i64,
     pub results: Vec<ResultBody>,
     /// The `offset` of the next page when more results follow; `null` on the last page.
     pub next_offset: Option<usize>,
@@ -257,6 +260,7 @@ async fn search_handler(
         index_version: outcome.index.seq,
         index_updated_at: (outcome.index.seq > 0)
             .then(|| super::products::rfc3339(outcome.index.at)),
+        index_lag_ms: state.feed().map_or(0, |f| f.lag_ms()),
         results,
         next_offset: page.next_offset,
         timings_ms: outcome.timings,

@@ -14,6 +14,8 @@
 //! `index_version` (monotone, also across a restart: a reconcile starts from the store's).
 
 pub mod ann;
+#[cfg(feature = "milvus")]
+pub mod milvus;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -177,6 +179,17 @@ impl std::fmt::Debug for SearchView {
     }
 }
 
+/// Whether state `s` is newer than what the view holds: a higher version, or the same version
+/// with embeddings made later (a re-embedding stores new embeddings without a new version, and
+/// embedding ids only grow, so the set with the higher largest id is the later one).
+fn is_newer(s: &ProductState, held: &Slot) -> bool {
+    if s.version != held.version {
+        return s.version > held.version;
+    }
+    let latest = s.embeddings.iter().map(|e| e.key as Key).max();
+    latest > held.keys.iter().copied().max()
+}
+
 fn validate(s: &ProductState, dim: usize) -> Result<(), ViewError> {
     for e in &s.embeddings {
         check_embedding(&e.vector, dim).map_err(|reason| ViewError::InvalidEmbedding {
@@ -264,7 +277,7 @@ impl SearchView {
                     if p.deleted.contains(&s.product_id)
                         || p.products
                             .get(&s.product_id)
-                            .is_some_and(|o| o.version >= s.version)
+                            .is_some_and(|o| !is_newer(s, o))
                     {
                         return Ok(());
                     }

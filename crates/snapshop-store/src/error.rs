@@ -52,12 +52,37 @@ pub enum StoreError {
     /// or an embedding for an image of another product.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The database cannot be reached (refused, timed out, shutting down): a retry later may
+    /// succeed. See [`StoreError::is_unavailable`], which also recognises such [`StoreError::Db`].
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// Any other database failure.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
     /// Running the migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Whether the failure is the database being out of reach rather than the request: a pool
+    /// that cannot connect or times out, a lost connection, or a server shutting down or starting
+    /// (SQLSTATE class 08, 57P01-57P03). The service answers these with 503 and `Retry-After`.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Db(e) => match e {
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+                sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+                    c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+                }),
+                sqlx::Error::Protocol(_) => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
 }
 
 /// A store result.

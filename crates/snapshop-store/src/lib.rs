@@ -10,6 +10,7 @@ pub mod access;
 mod assemble;
 pub mod contract;
 mod error;
+pub mod feed;
 pub mod jobs;
 pub mod postgres;
 pub mod sqlite;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 pub use access::AccessStore;
 pub use error::{Result, StoreError};
+pub use feed::{FeedCursor, FeedStore};
 pub use jobs::JobStore;
 pub use types::*;
 
@@ -50,6 +52,9 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     /// Import jobs, in the same database.
     fn jobs(&self) -> &dyn JobStore;
+
+    /// The change feed replicas follow, in the same database.
+    fn feed(&self) -> &dyn FeedStore;
 
     // ---- reads -----------------------------------------------------------------------------
 

@@ -23,12 +23,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 use crate::access;
 use crate::assemble;
+use crate::feed::{
+    self, ChangeOp, Checkin, Compacted, FeedBatch, FeedChange, FeedCursor, FeedStore, Recorded,
+};
 use crate::{
     blob_to_vector, vector_to_blob, CatalogStore, ChangeStamp, Counts, Deleted, Expect,
     ImageRecord, NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState, ProductUpdate,
@@ -37,6 +41,8 @@ use crate::{
 
 /// Connections in the pool.
 const POOL_SIZE: u32 = 8;
+/// How long a query waits for a connection before the store reports itself unavailable.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Paths per `referenced_paths` query (each chunk is one array parameter).
 const PATHS_PER_QUERY: usize = 500;
@@ -101,6 +107,8 @@ impl PostgresStore {
     pub async fn connect_with(options: PgConnectOptions) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
+            // Fail fast when the database is down: writes answer 503 rather than hang.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.application_name("snapshop"))
             .await?;
         // Migrations take an advisory lock: processes starting together run them once.
@@ -377,13 +385,30 @@ async fn embeddings_of(
         .collect()
 }
 
-/// Takes the next place in the change sequence: part of every write that changes the catalogue.
-/// An identity column: concurrent writers never wait on each other for it.
-async fn record_change(conn: &mut PgConnection, now: i64) -> Result<ChangeStamp> {
-    let seq: i64 = sqlx::query_scalar("INSERT INTO catalog_changes (at) VALUES ($1) RETURNING seq")
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await?;
+/// Takes the next places in the change sequence, one row per product in `what` (the change
+/// feed's rows): part of every write that changes the catalogue, in its transaction. An identity
+/// column, so concurrent writers never wait on each other for it; the row's `txid` defaults to
+/// the writing transaction's id. Returns the highest place taken.
+async fn record_change(
+    conn: &mut PgConnection,
+    now: i64,
+    what: Recorded<'_>,
+) -> Result<ChangeStamp> {
+    let seq: Option<i64> = sqlx::query_scalar(
+        "WITH rows AS (INSERT INTO catalog_changes \
+             (at, op, merchant, product_id, image_id, model_version) \
+             SELECT $1, $2, $3, unnest($4::bigint[]), $5, $6 RETURNING seq) \
+         SELECT max(seq) FROM rows",
+    )
+    .bind(now)
+    .bind(what.op.as_str())
+    .bind(what.merchant)
+    .bind(what.product_ids)
+    .bind(what.image_id)
+    .bind(what.model_version)
+    .fetch_one(&mut *conn)
+    .await?;
+    let seq = seq.ok_or_else(|| StoreError::Corrupt("a change without products".into()))?;
     Ok(ChangeStamp { seq, at: now })
 }
 
@@ -394,10 +419,22 @@ async fn written(
     product_id: i64,
     model_version: &str,
     now: i64,
+    image_id: Option<i64>,
 ) -> Result<Written> {
     let product = load_product(conn, product_id).await?;
     let embeddings = embeddings_of(conn, product_id, model_version).await?;
-    let change = record_change(conn, now).await?;
+    let change = record_change(
+        conn,
+        now,
+        Recorded {
+            op: ChangeOp::Upsert,
+            merchant: Some(&product.merchant),
+            product_ids: &[product_id],
+            image_id,
+            model_version: Some(model_version),
+        },
+    )
+    .await?;
     Ok(assemble::written(product, embeddings, change))
 }
 
@@ -438,6 +475,10 @@ impl CatalogStore for PostgresStore {
     }
 
     fn jobs(&self) -> &dyn crate::JobStore {
+        self
+    }
+
+    fn feed(&self) -> &dyn FeedStore {
         self
     }
 
@@ -624,7 +665,7 @@ impl CatalogStore for PostgresStore {
         .await?;
         replace_tags(&mut tx, product_id, &product.tags).await?;
         insert_images(&mut tx, product_id, &images, model_version, now).await?;
-        let out = written(&mut tx, product_id, model_version, now).await?;
+        let out = written(&mut tx, product_id, model_version, now, None).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -644,7 +685,7 @@ impl CatalogStore for PostgresStore {
         take_images(&mut tx, product_id, images.len(), quota).await?;
         insert_images(&mut tx, product_id, &images, model_version, now).await?;
         bump(&mut tx, product_id, version, now).await?;
-        let out = written(&mut tx, product_id, model_version, now).await?;
+        let out = written(&mut tx, product_id, model_version, now, None).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -699,7 +740,7 @@ impl CatalogStore for PostgresStore {
                 .await?;
             insert_embedding(&mut tx, *image_id, model_version, vector, now).await?;
         }
-        let out = written(&mut tx, product_id, model_version, now).await?;
+        let out = written(&mut tx, product_id, model_version, now, None).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -736,7 +777,18 @@ impl CatalogStore for PostgresStore {
             .bind(product_id)
             .execute(&mut *tx)
             .await?;
-        let change = record_change(&mut tx, now_ms()).await?;
+        let change = record_change(
+            &mut tx,
+            now_ms(),
+            Recorded {
+                op: ChangeOp::Delete,
+                merchant: Some(merchant),
+                product_ids: &[product_id],
+                image_id: None,
+                model_version: None,
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(Deleted { product, change })
     }
@@ -778,7 +830,7 @@ impl CatalogStore for PostgresStore {
             .execute(&mut *tx)
             .await?;
         bump(&mut tx, product_id, version, now).await?;
-        let out = written(&mut tx, product_id, model_version, now).await?;
+        let out = written(&mut tx, product_id, model_version, now, Some(image_id)).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -844,7 +896,18 @@ impl CatalogStore for PostgresStore {
             .bind(images as i64)
             .execute(&mut *tx)
             .await?;
-        let change = record_change(&mut tx, now_ms()).await?;
+        let change = record_change(
+            &mut tx,
+            now_ms(),
+            Recorded {
+                op: ChangeOp::Delete,
+                merchant: Some(merchant),
+                product_ids: &product_ids,
+                image_id: None,
+                model_version: None,
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(Purged {
             product_ids,
@@ -885,6 +948,7 @@ impl CatalogStore for PostgresStore {
                 .into_iter()
                 .collect();
         let mut written = 0;
+        let mut products = Vec::new();
         for e in &embeddings {
             let current = versions.get(&e.product_id) == Some(&e.product_version)
                 && owners.get(&e.image_id) == Some(&e.product_id);
@@ -899,6 +963,23 @@ impl CatalogStore for PostgresStore {
                 .await?;
             insert_embedding(&mut tx, e.image_id, model_version, &e.vector, now).await?;
             written += 1;
+            products.push(e.product_id);
+        }
+        products.sort_unstable();
+        products.dedup();
+        if !products.is_empty() {
+            record_change(
+                &mut tx,
+                now,
+                Recorded {
+                    op: ChangeOp::Embed,
+                    merchant: None,
+                    product_ids: &products,
+                    image_id: None,
+                    model_version: Some(model_version),
+                },
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(written)
@@ -925,6 +1006,187 @@ impl CatalogStore for PostgresStore {
 }
 
 access::quota_steps!(PgConnection);
+
+/// The feed's final point in the current transaction's snapshot: every transaction below the
+/// oldest one still running has finished.
+async fn final_point(conn: &mut PgConnection) -> Result<FeedCursor> {
+    let xmin: i64 =
+        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(FeedCursor {
+        txid: xmin - 1,
+        seq: i64::MAX,
+    })
+}
+
+#[async_trait::async_trait]
+impl FeedStore for PostgresStore {
+    async fn feed_head(&self) -> Result<FeedCursor> {
+        let mut conn = self.pool.acquire().await?;
+        final_point(&mut conn).await
+    }
+
+    async fn changes_after(&self, after: FeedCursor, limit: usize) -> Result<FeedBatch> {
+        // One snapshot: the horizon and the rows agree.
+        let mut tx = self.read_tx().await?;
+        let horizon = final_point(&mut tx).await?;
+        let rows: Vec<feed::ChangeRow> = sqlx::query_as(
+            "SELECT txid, seq, at, op, merchant, product_id, image_id, model_version \
+             FROM catalog_changes WHERE (txid, seq) > ($1, $2) AND txid <= $3 \
+             ORDER BY txid, seq LIMIT $4",
+        )
+        .bind(after.txid)
+        .bind(after.seq)
+        .bind(horizon.txid)
+        .bind(feed::limit_of(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let changes: Vec<FeedChange> = rows.into_iter().map(feed::change_from_row).collect();
+        let next = feed::next_cursor(after, &changes, limit, horizon);
+        let (pending, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), min(at) FROM catalog_changes WHERE (txid, seq) > ($1, $2)",
+        )
+        .bind(next.txid)
+        .bind(next.seq)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (ctxid, cseq): (i64, i64) =
+            sqlx::query_as("SELECT txid, seq FROM feed_compacted WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(FeedBatch {
+            changes,
+            next,
+            compacted: FeedCursor {
+                txid: ctxid,
+                seq: cseq,
+            },
+            pending: pending.max(0) as u64,
+            oldest_pending_at: oldest,
+        })
+    }
+
+    async fn product_states(&self, ids: &[i64], model_version: &str) -> Result<Vec<ProductState>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.read_tx().await?;
+        let products: Vec<assemble::ProductRow> = sqlx::query_as(&format!(
+            "SELECT p.id, p.version, m.name, p.external_id, p.title {PRODUCT_FROM} \
+             WHERE p.id = ANY($1) ORDER BY p.id"
+        ))
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let tags: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT product_id, tag FROM product_tags WHERE product_id = ANY($1) \
+             ORDER BY product_id, tag",
+        )
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let embeddings: Vec<assemble::EmbeddingRow> = sqlx::query_as(
+            "SELECT e.id, e.image_id, i.product_id, e.vector \
+             FROM embeddings e JOIN images i ON i.id = e.image_id \
+             WHERE i.product_id = ANY($1) AND e.model_version = $2 ORDER BY e.id",
+        )
+        .bind(ids)
+        .bind(model_version)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        feed::states(products, tags, embeddings)
+    }
+
+    async fn checkin(&self, c: Checkin<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO feed_replicas (replica, txid, seq, model_version, seen_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (replica) DO UPDATE SET \
+             txid = EXCLUDED.txid, seq = EXCLUDED.seq, model_version = EXCLUDED.model_version, \
+             seen_at = EXCLUDED.seen_at",
+        )
+        .bind(c.replica)
+        .bind(c.cursor.txid)
+        .bind(c.cursor.seq)
+        .bind(c.model_version)
+        .bind(c.now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn replicas(&self, since: i64) -> Result<Vec<feed::Replica>> {
+        let rows: Vec<(String, i64, i64, String, i64)> = sqlx::query_as(
+            "SELECT replica, txid, seq, model_version, seen_at FROM feed_replicas \
+             WHERE seen_at >= $1 ORDER BY replica",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(feed::replica_from_row).collect())
+    }
+
+    async fn compact(&self, live_since: i64) -> Result<Compacted> {
+        let mut tx = self.write_tx().await?;
+        let replicas = sqlx::query("DELETE FROM feed_replicas WHERE seen_at < $1")
+            .bind(live_since)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let slowest: Option<(i64, i64)> =
+            sqlx::query_as("SELECT txid, seq FROM feed_replicas ORDER BY txid, seq LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let through = match slowest {
+            Some((txid, seq)) => FeedCursor { txid, seq },
+            None => final_point(&mut tx).await?,
+        };
+        let changes = sqlx::query(
+            "DELETE FROM catalog_changes WHERE (txid, seq) <= ($1, $2) \
+             AND seq < (SELECT max(seq) FROM catalog_changes)",
+        )
+        .bind(through.txid)
+        .bind(through.seq)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let (txid, seq): (i64, i64) = sqlx::query_as(
+            "UPDATE feed_compacted SET txid = GREATEST(txid, $1), \
+             seq = CASE WHEN (txid, seq) < ($1, $2) THEN $2 ELSE seq END \
+             WHERE id = 1 RETURNING txid, seq",
+        )
+        .bind(through.txid)
+        .bind(through.seq)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Compacted {
+            changes,
+            replicas,
+            through: FeedCursor { txid, seq },
+        })
+    }
+
+    async fn listen(&self, wake: Arc<tokio::sync::Notify>) -> Result<bool> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen("snapshop_changes").await?;
+        // Anything committed while no one listened: read once now.
+        wake.notify_one();
+        loop {
+            // `None`: the connection was lost (and is re-opened by the next call); notifications
+            // may have been missed meanwhile, so wake the follower either way.
+            let got = listener.try_recv().await?;
+            wake.notify_one();
+            if got.is_none() {
+                return Err(StoreError::Unavailable(
+                    "the LISTEN connection was lost".into(),
+                ));
+            }
+        }
+    }
+}
 
 access::impl_access_store!(PostgresStore, sqlx::Postgres);
 crate::jobs::impl_job_store!(PostgresStore, sqlx::Postgres);

@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -22,6 +23,9 @@ use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use crate::access;
 use crate::assemble;
+use crate::feed::{
+    self, ChangeOp, Checkin, Compacted, FeedBatch, FeedChange, FeedCursor, FeedStore, Recorded,
+};
 use crate::{
     blob_to_vector, vector_to_blob, CatalogStore, ChangeStamp, Counts, Deleted, Expect,
     ImageRecord, NewEmbedding, NewImage, NewProduct, ProductRecord, ProductState, ProductUpdate,
@@ -333,12 +337,31 @@ async fn embeddings_of(
         .collect()
 }
 
-/// Takes the next place in the change sequence: part of every write that changes the catalogue.
-async fn record_change(conn: &mut SqliteConnection, now: i64) -> Result<ChangeStamp> {
-    let seq: i64 = sqlx::query_scalar("INSERT INTO catalog_changes (at) VALUES ($1) RETURNING seq")
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await?;
+/// Takes the next places in the change sequence, one row per product in `what` (the change
+/// feed's rows): part of every write that changes the catalogue, in its transaction. Returns the
+/// highest place taken.
+async fn record_change(
+    conn: &mut SqliteConnection,
+    now: i64,
+    what: Recorded<'_>,
+) -> Result<ChangeStamp> {
+    let ids = json_ids(what.product_ids);
+    let seqs: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO catalog_changes (at, op, merchant, product_id, image_id, model_version) \
+         SELECT $1, $2, $3, value, $4, $5 FROM json_each($6) RETURNING seq",
+    )
+    .bind(now)
+    .bind(what.op.as_str())
+    .bind(what.merchant)
+    .bind(what.image_id)
+    .bind(what.model_version)
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let seq = seqs
+        .into_iter()
+        .max()
+        .ok_or_else(|| StoreError::Corrupt("a change without products".into()))?;
     Ok(ChangeStamp { seq, at: now })
 }
 
@@ -349,10 +372,22 @@ async fn written(
     product_id: i64,
     model_version: &str,
     now: i64,
+    image_id: Option<i64>,
 ) -> Result<Written> {
     let product = load_product(conn, product_id).await?;
     let embeddings = embeddings_of(conn, product_id, model_version).await?;
-    let change = record_change(conn, now).await?;
+    let change = record_change(
+        conn,
+        now,
+        Recorded {
+            op: ChangeOp::Upsert,
+            merchant: Some(&product.merchant),
+            product_ids: &[product_id],
+            image_id,
+            model_version: Some(model_version),
+        },
+    )
+    .await?;
     Ok(assemble::written(product, embeddings, change))
 }
 
@@ -392,6 +427,10 @@ impl CatalogStore for SqliteStore {
     }
 
     fn jobs(&self) -> &dyn crate::JobStore {
+        self
+    }
+
+    fn feed(&self) -> &dyn FeedStore {
         self
     }
 
@@ -575,7 +614,7 @@ impl CatalogStore for SqliteStore {
         .await?;
         replace_tags(&mut tx, product_id, &product.tags).await?;
         insert_images(&mut tx, product_id, &images, model_version, now).await?;
-        let out = written(&mut tx, product_id, model_version, now).await?;
+        let out = written(&mut tx, product_id, model_version, now, None).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -595,7 +634,7 @@ impl CatalogStore for SqliteStore {
         take_images(&mut tx, product_id, images.len(), quota).await?;
         insert_images(&mut tx, product_id, &images, model_version, now).await?;
         bump(&mut tx, product_id, now).await?;
-        let out = written(&mut tx, product_id, model_version, now).await?;
+        let out = written(&mut tx, product_id, model_version, now, None).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -647,7 +686,7 @@ impl CatalogStore for SqliteStore {
                 .await?;
             insert_embedding(&mut tx, *image_id, model_version, vector, now).await?;
         }
-        let out = written(&mut tx, product_id, model_version, now).await?;
+        let out = written(&mut tx, product_id, model_version, now, None).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -684,7 +723,18 @@ impl CatalogStore for SqliteStore {
             .bind(product_id)
             .execute(&mut *tx)
             .await?;
-        let change = record_change(&mut tx, now_ms()).await?;
+        let change = record_change(
+            &mut tx,
+            now_ms(),
+            Recorded {
+                op: ChangeOp::Delete,
+                merchant: Some(merchant),
+                product_ids: &[product_id],
+                image_id: None,
+                model_version: None,
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(Deleted { product, change })
     }
@@ -725,7 +775,7 @@ impl CatalogStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         bump(&mut tx, product_id, now).await?;
-        let out = written(&mut tx, product_id, model_version, now).await?;
+        let out = written(&mut tx, product_id, model_version, now, Some(image_id)).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -781,7 +831,18 @@ impl CatalogStore for SqliteStore {
             .bind(images as i64)
             .execute(&mut *tx)
             .await?;
-        let change = record_change(&mut tx, now_ms()).await?;
+        let change = record_change(
+            &mut tx,
+            now_ms(),
+            Recorded {
+                op: ChangeOp::Delete,
+                merchant: Some(merchant),
+                product_ids: &product_ids,
+                image_id: None,
+                model_version: None,
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(Purged {
             product_ids,
@@ -801,6 +862,7 @@ impl CatalogStore for SqliteStore {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         let mut written = 0;
+        let mut products = Vec::new();
         for e in &embeddings {
             let current: Option<i64> = sqlx::query_scalar(
                 "SELECT i.id FROM images i JOIN products p ON p.id = i.product_id \
@@ -822,6 +884,23 @@ impl CatalogStore for SqliteStore {
                 .await?;
             insert_embedding(&mut tx, e.image_id, model_version, &e.vector, now).await?;
             written += 1;
+            products.push(e.product_id);
+        }
+        products.sort_unstable();
+        products.dedup();
+        if !products.is_empty() {
+            record_change(
+                &mut tx,
+                now,
+                Recorded {
+                    op: ChangeOp::Embed,
+                    merchant: None,
+                    product_ids: &products,
+                    image_id: None,
+                    model_version: Some(model_version),
+                },
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(written)
@@ -840,6 +919,167 @@ impl CatalogStore for SqliteStore {
 }
 
 access::quota_steps!(SqliteConnection);
+
+/// The feed's final point: with one writer at a time, every committed row is final.
+async fn final_point(conn: &mut SqliteConnection) -> Result<FeedCursor> {
+    let head: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM catalog_changes")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(FeedCursor {
+        txid: head.unwrap_or(0),
+        seq: i64::MAX,
+    })
+}
+
+#[async_trait::async_trait]
+impl FeedStore for SqliteStore {
+    async fn feed_head(&self) -> Result<FeedCursor> {
+        let mut conn = self.pool.acquire().await?;
+        final_point(&mut conn).await
+    }
+
+    async fn changes_after(&self, after: FeedCursor, limit: usize) -> Result<FeedBatch> {
+        let mut tx = self.pool.begin().await?;
+        let horizon = final_point(&mut tx).await?;
+        // The cursor's `txid` is the last `seq` read (see the module documentation).
+        let rows: Vec<feed::ChangeRow> = sqlx::query_as(
+            "SELECT seq, seq, at, op, merchant, product_id, image_id, model_version \
+             FROM catalog_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after.txid)
+        .bind(feed::limit_of(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let changes: Vec<FeedChange> = rows.into_iter().map(feed::change_from_row).collect();
+        let next = feed::next_cursor(after, &changes, limit, horizon);
+        let (pending, oldest): (i64, Option<i64>) =
+            sqlx::query_as("SELECT count(*), min(at) FROM catalog_changes WHERE seq > $1")
+                .bind(next.txid)
+                .fetch_one(&mut *tx)
+                .await?;
+        let (ctxid, cseq): (i64, i64) =
+            sqlx::query_as("SELECT txid, seq FROM feed_compacted WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(FeedBatch {
+            changes,
+            next,
+            compacted: FeedCursor {
+                txid: ctxid,
+                seq: cseq,
+            },
+            pending: pending.max(0) as u64,
+            oldest_pending_at: oldest,
+        })
+    }
+
+    async fn product_states(&self, ids: &[i64], model_version: &str) -> Result<Vec<ProductState>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = json_ids(ids);
+        let mut tx = self.pool.begin().await?;
+        let products: Vec<assemble::ProductRow> = sqlx::query_as(&format!(
+            "SELECT p.id, p.version, m.name, p.external_id, p.title {PRODUCT_FROM} \
+             WHERE p.id IN (SELECT value FROM json_each($1)) ORDER BY p.id"
+        ))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let tags: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT product_id, tag FROM product_tags \
+             WHERE product_id IN (SELECT value FROM json_each($1)) ORDER BY product_id, tag",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let embeddings: Vec<assemble::EmbeddingRow> = sqlx::query_as(
+            "SELECT e.id, e.image_id, i.product_id, e.vector \
+             FROM embeddings e JOIN images i ON i.id = e.image_id \
+             WHERE i.product_id IN (SELECT value FROM json_each($1)) AND e.model_version = $2 \
+             ORDER BY e.id",
+        )
+        .bind(&ids)
+        .bind(model_version)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        feed::states(products, tags, embeddings)
+    }
+
+    async fn checkin(&self, c: Checkin<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO feed_replicas (replica, txid, seq, model_version, seen_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (replica) DO UPDATE SET \
+             txid = excluded.txid, seq = excluded.seq, model_version = excluded.model_version, \
+             seen_at = excluded.seen_at",
+        )
+        .bind(c.replica)
+        .bind(c.cursor.txid)
+        .bind(c.cursor.seq)
+        .bind(c.model_version)
+        .bind(c.now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn replicas(&self, since: i64) -> Result<Vec<feed::Replica>> {
+        let rows: Vec<(String, i64, i64, String, i64)> = sqlx::query_as(
+            "SELECT replica, txid, seq, model_version, seen_at FROM feed_replicas \
+             WHERE seen_at >= $1 ORDER BY replica",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(feed::replica_from_row).collect())
+    }
+
+    async fn compact(&self, live_since: i64) -> Result<Compacted> {
+        let mut tx = self.write_tx().await?;
+        let replicas = sqlx::query("DELETE FROM feed_replicas WHERE seen_at < $1")
+            .bind(live_since)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let slowest: Option<(i64, i64)> =
+            sqlx::query_as("SELECT txid, seq FROM feed_replicas ORDER BY txid, seq LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let through = match slowest {
+            Some((txid, seq)) => FeedCursor { txid, seq },
+            None => final_point(&mut tx).await?,
+        };
+        let changes = sqlx::query(
+            "DELETE FROM catalog_changes WHERE seq <= $1 \
+             AND seq < (SELECT max(seq) FROM catalog_changes)",
+        )
+        .bind(through.txid)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let (txid, seq): (i64, i64) = sqlx::query_as(
+            "UPDATE feed_compacted SET txid = max(txid, $1), \
+             seq = CASE WHEN (txid, seq) < ($1, $2) THEN $2 ELSE seq END \
+             WHERE id = 1 RETURNING txid, seq",
+        )
+        .bind(through.txid)
+        .bind(through.seq)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Compacted {
+            changes,
+            replicas,
+            through: FeedCursor { txid, seq },
+        })
+    }
+
+    async fn listen(&self, _wake: Arc<tokio::sync::Notify>) -> Result<bool> {
+        Ok(false)
+    }
+}
 
 access::impl_access_store!(SqliteStore, sqlx::Sqlite);
 crate::jobs::impl_job_store!(SqliteStore, sqlx::Sqlite);
