@@ -51,6 +51,8 @@ pub async fn run_all(store: &dyn CatalogStore) {
     concurrent_purge_and_retag(store).await;
     import_jobs(store).await;
     concurrent_job_claims(store).await;
+    change_feed(store).await;
+    feed_compaction(store).await;
     drop_other_versions(store).await;
 }
 
@@ -2679,4 +2681,278 @@ pub async fn concurrent_purge_and_retag(store: &dyn CatalogStore) {
             (r, now) => panic!("{id}: the re-tag answered {r:?} and the product is now {now:?}"),
         }
     }
+}
+
+// ---- the change feed ---------------------------------------------------------------------------
+
+/// A replica name of the check's own.
+fn replica_name(what: &str) -> String {
+    unique(what)
+}
+
+async fn checkin(store: &dyn CatalogStore, replica: &str, cursor: crate::FeedCursor, now: i64) {
+    store
+        .feed()
+        .checkin(crate::feed::Checkin {
+            replica,
+            cursor,
+            model_version: "m",
+            now,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("checkin {replica}: {e}"));
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Reads the feed from `after` in pages of `limit` until `want` rows of `products` have been
+/// seen (other checks may write meanwhile, and a row may wait for an older transaction to end),
+/// and returns those rows in feed order.
+async fn read_feed(
+    store: &dyn CatalogStore,
+    after: crate::FeedCursor,
+    limit: usize,
+    products: &HashSet<i64>,
+    want: usize,
+) -> Vec<crate::feed::FeedChange> {
+    let mut cursor = after;
+    let mut out = Vec::new();
+    let started = std::time::Instant::now();
+    while out.len() < want {
+        let batch = store
+            .feed()
+            .changes_after(cursor, limit)
+            .await
+            .unwrap_or_else(|e| panic!("changes_after {cursor:?}: {e}"));
+        assert!(
+            batch.changes.len() <= limit.max(1),
+            "a batch of {} rows for a limit of {limit}",
+            batch.changes.len()
+        );
+        let mut last = cursor;
+        for c in &batch.changes {
+            assert!(
+                c.cursor > last,
+                "rows in feed order: {:?} after {last:?}",
+                c.cursor
+            );
+            last = c.cursor;
+        }
+        assert!(
+            batch.next >= last,
+            "next {:?} before the last row {last:?}",
+            batch.next
+        );
+        out.extend(
+            batch
+                .changes
+                .into_iter()
+                .filter(|c| c.product_id.is_some_and(|p| products.contains(&p))),
+        );
+        cursor = batch.next;
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the feed did not show {want} rows of {products:?} within 30 s: {out:?}"
+        );
+    }
+    out
+}
+
+/// Every write records one feed row per product it changed, with the operation, the merchant,
+/// the image (an image delete) and the model version; the feed returns them in commit order,
+/// in pages, and `product_states` gives the current state of the products they name (nothing
+/// for a deleted one).
+pub async fn change_feed(store: &dyn CatalogStore) {
+    use crate::feed::ChangeOp::{Delete, Embed, Upsert};
+    let m = unique("merchant");
+    let mv = unique("model");
+    let other = unique("model");
+    let head = store.feed().feed_head().await.expect("feed_head");
+    let replica = replica_name("feed");
+    checkin(store, &replica, head, now_ms()).await;
+    let a = create(
+        store,
+        new_product(&m, "a", &["color:red"]),
+        vec![new_image(1)],
+        &mv,
+    )
+    .await;
+    let b = create(store, new_product(&m, "b", &[]), vec![new_image(2)], &mv).await;
+    let c = create(store, new_product(&m, "c", &[]), vec![new_image(3)], &mv).await;
+    let added = store
+        .add_images(&m, "a", None, vec![new_image(4)], &mv, Quota::UNLIMITED)
+        .await
+        .unwrap();
+    let updated = update(
+        store,
+        &added.product,
+        ProductUpdate {
+            tags: Some(tags(&["color:blue"])),
+            ..Default::default()
+        },
+        &mv,
+    )
+    .await;
+    let states = store
+        .feed()
+        .product_states(&[a.product.id, i64::MAX], &mv)
+        .await
+        .expect("product_states");
+    assert_eq!(
+        states,
+        vec![updated.state.clone()],
+        "the current state only"
+    );
+    let image = updated.product.images[0].id;
+    let shrunk = store.delete_image(&m, "a", image, None, &mv).await.unwrap();
+    let embedded = store
+        .put_embeddings(
+            &other,
+            vec![NewEmbedding {
+                image_id: shrunk.product.images[0].id,
+                product_id: a.product.id,
+                product_version: shrunk.product.version,
+                vector: vector(9),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(embedded, 1);
+    let purged = store
+        .purge(&m, &crate::PurgeFilter::default(), false)
+        .await
+        .unwrap();
+    assert_eq!(purged.product_ids.len(), 3);
+    let ids: HashSet<i64> = [a.product.id, b.product.id, c.product.id].into();
+    let m_ = Some(m.clone());
+    let mv_ = Some(mv.clone());
+    let expected = vec![
+        (Upsert, a.product.id, m_.clone(), None, mv_.clone()),
+        (Upsert, b.product.id, m_.clone(), None, mv_.clone()),
+        (Upsert, c.product.id, m_.clone(), None, mv_.clone()),
+        (Upsert, a.product.id, m_.clone(), None, mv_.clone()),
+        (Upsert, a.product.id, m_.clone(), None, mv_.clone()),
+        (Upsert, a.product.id, m_.clone(), Some(image), mv_.clone()),
+        (Embed, a.product.id, None, None, Some(other.clone())),
+    ];
+    for limit in [1000, 2] {
+        let rows = read_feed(store, head, limit, &ids, expected.len() + 3).await;
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.op,
+                    r.product_id.unwrap(),
+                    r.merchant.clone(),
+                    r.image_id,
+                    r.model_version.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got[..expected.len()],
+            expected[..],
+            "limit {limit}: {rows:#?}"
+        );
+        // The purge: one row per product, in one transaction.
+        let purge: BTreeSet<i64> = got[expected.len()..]
+            .iter()
+            .map(|(op, p, merchant, _, _)| {
+                assert_eq!((*op, merchant.as_deref()), (Delete, Some(m.as_str())));
+                *p
+            })
+            .collect();
+        assert_eq!(purge, ids.iter().copied().collect::<BTreeSet<_>>());
+        let stamps: Vec<i64> = rows.iter().map(|r| r.cursor.seq).collect();
+        assert_eq!(
+            stamps[0], a.change.seq,
+            "a row's seq is its write's change seq"
+        );
+        assert!(rows.iter().all(|r| r.at > 0));
+    }
+    let states = store
+        .feed()
+        .product_states(&ids.iter().copied().collect::<Vec<_>>(), &mv)
+        .await
+        .unwrap();
+    assert!(
+        states.is_empty(),
+        "deleted products have no state: {states:?}"
+    );
+    // Leave: a replica last seen at 1 ms after the epoch is dropped by the next compaction.
+    checkin(store, &replica, head, 1).await;
+}
+
+/// Compaction deletes the rows every live replica has passed and no others, keeps the latest
+/// row, drops replicas that stopped checking in, and moves the compaction point that tells a
+/// follower behind it to reload. Global to the database like [`drop_other_versions`]: it may
+/// delete other checks' rows once every replica has passed them (no other check relies on
+/// old rows but [`change_feed`], whose replica holds them).
+pub async fn feed_compaction(store: &dyn CatalogStore) {
+    let m = unique("merchant");
+    let mv = unique("model");
+    let now = now_ms();
+    let slow = replica_name("slow");
+    let fast = replica_name("fast");
+    let gone = replica_name("gone");
+    let head = store.feed().feed_head().await.unwrap();
+    checkin(store, &slow, head, now).await;
+    checkin(store, &fast, head, now).await;
+    checkin(store, &gone, crate::FeedCursor::default(), 1).await;
+    let a = create(store, new_product(&m, "a", &[]), vec![new_image(1)], &mv).await;
+    let b = create(store, new_product(&m, "b", &[]), vec![new_image(2)], &mv).await;
+    let ids: HashSet<i64> = [a.product.id, b.product.id].into();
+    let rows = read_feed(store, head, 1000, &ids, 2).await;
+    let past = rows[1].cursor;
+    checkin(store, &fast, past, now).await;
+
+    // `gone` last checked in at 1 ms after the epoch: dropped; `slow` holds every row after it.
+    let c = store.feed().compact(now - 60_000).await.unwrap();
+    assert!(c.replicas >= 1, "the stale replica dropped: {c:?}");
+    let names: Vec<String> = store
+        .feed()
+        .replicas(now - 60_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.replica)
+        .collect();
+    assert!(names.contains(&slow) && names.contains(&fast) && !names.contains(&gone));
+    assert!(
+        c.through <= head,
+        "not past the slowest replica: {c:?} vs {head:?}"
+    );
+    assert_eq!(read_feed(store, head, 1000, &ids, 2).await, rows);
+    let batch = store.feed().changes_after(head, 1).await.unwrap();
+    assert!(batch.compacted <= head, "{:?} {head:?}", batch.compacted);
+
+    // Both past them: the rows go, but the latest row of the table stays for `last_change`.
+    checkin(store, &slow, past, now).await;
+    let before = store.last_change().await.unwrap();
+    let c = store.feed().compact(now - 60_000).await.unwrap();
+    assert!(
+        c.through >= past,
+        "compacted through both replicas: {c:?} vs {past:?}"
+    );
+    let after = store.last_change().await.unwrap();
+    assert!(
+        after.seq >= before.seq,
+        "last_change went back: {before:?} -> {after:?}"
+    );
+    let batch = store.feed().changes_after(head, 1000).await.unwrap();
+    assert!(
+        batch.compacted > head,
+        "a follower at the old head finds itself behind the compaction point"
+    );
+    assert!(!batch
+        .changes
+        .iter()
+        .any(|r| r.cursor <= past && r.cursor.seq < after.seq));
+    // Leave, so that a later run on the same database is not held back by these replicas.
+    checkin(store, &slow, past, 1).await;
+    checkin(store, &fast, past, 1).await;
 }

@@ -1323,6 +1323,94 @@ mod tests {
         }
     }
 
+    /// A feed row as a writer in transaction `tx` records it (product `pid`).
+    async fn record_in(tx: &mut PgConnection, pid: i64) {
+        sqlx::query(
+            "INSERT INTO catalog_changes (at, op, merchant, product_id) VALUES (1, 'upsert', 'm', $1)",
+        )
+        .bind(pid)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+
+    async fn feed_pids(store: &PostgresStore, after: FeedCursor) -> (Vec<i64>, FeedBatch) {
+        let batch = store.changes_after(after, 100).await.unwrap();
+        let pids = batch.changes.iter().filter_map(|c| c.product_id).collect();
+        (pids, batch)
+    }
+
+    /// [`feed_pids`] again until it shows `want` rows: the horizon is the whole server's, so a
+    /// transaction of another test (in another database) may hold rows back for a moment.
+    async fn feed_until(
+        store: &PostgresStore,
+        after: FeedCursor,
+        want: usize,
+    ) -> (Vec<i64>, FeedBatch) {
+        let started = std::time::Instant::now();
+        loop {
+            let (pids, batch) = feed_pids(store, after).await;
+            if pids.len() >= want || started.elapsed() > std::time::Duration::from_secs(20) {
+                return (pids, batch);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The sequence-gap race: a row with a lower `seq` that commits after one with a higher
+    /// `seq` is still read, and a committed row is held back while an older transaction that
+    /// could still commit a row before it runs. A cursor on `seq` alone would skip pid 1.
+    #[tokio::test]
+    async fn feed_never_skips_a_row_committed_late() {
+        on_fresh_db(
+            "feed_never_skips_a_row_committed_late",
+            |store, _| async move {
+                let head = store.feed_head().await.unwrap();
+                // `early` takes its transaction id first; `late` records its row (seq s) first.
+                let mut early = store.pool.begin().await.unwrap();
+                sqlx::query("SELECT pg_current_xact_id()")
+                    .execute(&mut *early)
+                    .await
+                    .unwrap();
+                let mut late = store.pool.begin().await.unwrap();
+                record_in(&mut late, 1).await;
+                record_in(&mut early, 2).await; // seq s + 1
+                early.commit().await.unwrap();
+                let (pids, first) = feed_until(&store, head, 1).await;
+                assert_eq!(pids, vec![2], "the committed row of the older transaction");
+                late.commit().await.unwrap();
+                let (pids, second) = feed_until(&store, first.next, 1).await;
+                assert_eq!(
+                    pids,
+                    vec![1],
+                    "the lower seq committed later is not skipped"
+                );
+
+                // A younger transaction's committed row waits for an older one still running.
+                let mut old = store.pool.begin().await.unwrap();
+                sqlx::query("SELECT pg_current_xact_id()")
+                    .execute(&mut *old)
+                    .await
+                    .unwrap();
+                let mut young = store.pool.begin().await.unwrap();
+                record_in(&mut young, 3).await;
+                young.commit().await.unwrap();
+                let (pids, held) = feed_pids(&store, second.next).await;
+                assert!(
+                    pids.is_empty(),
+                    "held back behind the running transaction: {pids:?}"
+                );
+                assert_eq!(held.pending, 1, "but counted as pending");
+                assert!(held.oldest_pending_at.is_some());
+                record_in(&mut old, 4).await;
+                old.commit().await.unwrap();
+                let (pids, _) = feed_until(&store, held.next, 2).await;
+                assert_eq!(pids, vec![4, 3], "in transaction order");
+            },
+        )
+        .await;
+    }
+
     /// Each contract check on its own fresh database, so that a failure names the check.
     macro_rules! contract_checks {
         ($($check:ident),* $(,)?) => {
@@ -1365,6 +1453,8 @@ mod tests {
         purge,
         change_sequence,
         concurrent_purge_and_retag,
+        change_feed,
+        feed_compaction,
         drop_other_versions,
     );
 

@@ -1172,6 +1172,8 @@ mod tests {
         purge,
         change_sequence,
         concurrent_purge_and_retag,
+        change_feed,
+        feed_compaction,
         drop_other_versions,
     );
 
