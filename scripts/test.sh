@@ -4,8 +4,9 @@
 # PostgreSQL, and the HTTP integration suite), then the web page's browser test (tests/web/:
 # Playwright driving Debian's chromium against the real server), the README's quick start with
 # API keys (scripts/quickstart.sh, which also greps the server's debug log for keys and their
-# hashes), and schemathesis over every operation of the OpenAPI spec (scripts/schemathesis.sh),
-# and ends with one line counting them all.
+# hashes), the scale-out proof (scripts/replicas.py: three replicas on a throwaway Postgres, with
+# kill -9, a Postgres outage and a model swap), and schemathesis over every operation of the
+# OpenAPI spec (scripts/schemathesis.sh), and ends with one line counting them all.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -39,6 +40,9 @@ SNAPSHOP_WEB_SCREENSHOTS="${SNAPSHOP_WEB_SCREENSHOTS:-$log/screenshots}" node te
 SNAPSHOP_WEB_SCREENSHOTS="${SNAPSHOP_WEB_SCREENSHOTS:-$log/screenshots}" node tests/web/console.mjs 2>&1 | tee "$log/web-console"
 echo "== quick start with keys (scripts/quickstart.sh)"
 bash scripts/quickstart.sh 2>&1 | tee "$log/quickstart"
+echo "== replicas on Postgres (scripts/replicas.py)"
+# Its own throwaway PostgreSQL (it stops and starts it), three replicas of target/debug/snapshop.
+python3 scripts/replicas.py 2>&1 | tee "$log/replicas"
 echo "== observability (scripts/check-observability.sh)"
 # promtool on the Prometheus config, alert rules (and their unit tests) and a live /metrics; the
 # Grafana dashboard's structure; every metric its queries and the alerts use, exported live.
@@ -62,6 +66,8 @@ web_passed=$(( web_passed + $(count "$log/web-console" '^web:' passed) ))
 web_failed=$(( web_failed + $(count "$log/web-console" '^web:' failed) ))
 qs_passed=$(count "$log/quickstart" '^quickstart:' passed)
 qs_failed=$(count "$log/quickstart" '^quickstart:' failed)
+rp_passed=$(count "$log/replicas" '^replicas:' passed)
+rp_failed=$(count "$log/replicas" '^replicas:' failed)
 ob_passed=$(count "$log/observability" '^observability:' passed)
 ob_failed=$(count "$log/observability" '^observability:' failed)
 # schemathesis counts operations fuzzed (each one a test) and failures.
@@ -73,6 +79,7 @@ echo "pytest: ${py_passed:-0} passed, ${py_failed:-0} failed"
 echo "cargo: ${rs_passed:-0} passed, ${rs_failed:-0} failed"
 echo "web: ${web_passed:-0} passed, ${web_failed:-0} failed"
 echo "quickstart: ${qs_passed:-0} passed, ${qs_failed:-0} failed"
+echo "replicas: ${rp_passed:-0} passed, ${rp_failed:-0} failed"
 echo "observability: ${ob_passed:-0} passed, ${ob_failed:-0} failed"
 echo "${st_line:-schemathesis: no summary line}"
-echo "total: $(( ${py_passed:-0} + ${rs_passed:-0} + ${web_passed:-0} + ${qs_passed:-0} + ${ob_passed:-0} + ${st_ops:-0} )) passed, $(( ${py_failed:-0} + ${rs_failed:-0} + ${web_failed:-0} + ${qs_failed:-0} + ${ob_failed:-0} + ${st_failed:-0} )) failed"
+echo "total: $(( ${py_passed:-0} + ${rs_passed:-0} + ${web_passed:-0} + ${qs_passed:-0} + ${rp_passed:-0} + ${ob_passed:-0} + ${st_ops:-0} )) passed, $(( ${py_failed:-0} + ${rs_failed:-0} + ${web_failed:-0} + ${qs_failed:-0} + ${rp_failed:-0} + ${ob_failed:-0} + ${st_failed:-0} )) failed"

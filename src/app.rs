@@ -266,19 +266,32 @@ pub fn loader(config: &Config, backend: Backend) -> anyhow::Result<Arc<dyn Model
 pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppState> {
     let started = Instant::now();
     let config = Arc::new(config);
-    std::fs::create_dir_all(config.data_dir.join("images")).with_context(|| {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
             config.data_dir.display()
         )
     })?;
+    let url = config.database_url();
+    let store = snapshop_store::open(&url)
+        .await
+        .with_context(|| format!("cannot open the catalogue store {url}"))?;
+    let follows = config.feed.follows(store.backend());
     let loader = loader(&config, backend)?;
-    // A hot swap is remembered across restarts, unless the configured bundle changed since.
-    let remembered = ActiveModel::read(&config.data_dir, &config.bundle);
-    let bundle_dir: PathBuf = remembered
-        .as_ref()
-        .map(|a| a.bundle.clone())
-        .unwrap_or_else(|| config.bundle.clone());
+    // A hot swap is remembered across restarts, unless the configured bundle changed since. A
+    // replica serves the model the store says every replica serves (the last swap of any).
+    let shared = if follows {
+        store
+            .feed()
+            .serving_model()
+            .await?
+            .map(|m| PathBuf::from(m.bundle))
+    } else {
+        None
+    };
+    let remembered = shared
+        .or_else(|| ActiveModel::read(&config.data_dir, &config.bundle).map(|a| a.bundle.clone()));
+    let bundle_dir: PathBuf = remembered.clone().unwrap_or_else(|| config.bundle.clone());
     let l = loader.clone();
     let dir = bundle_dir.clone();
     let model = match tokio::task::spawn_blocking(move || l.load(&dir)).await? {
@@ -293,12 +306,8 @@ pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppS
     let model = Arc::new(model);
     tracing::info!(model_version = %model.version(), device = model.device(), bundle = %model.dir().display(), "models loaded");
 
-    let url = config.database_url();
-    let store = snapshop_store::open(&url)
-        .await
-        .with_context(|| format!("cannot open the catalogue store {url}"))?;
     bootstrap_keys(&config, store.as_ref()).await?;
-    let files = crate::files::ImageFiles::new(&config.data_dir);
+    let files = crate::files::ImageFiles::open(&config).context("cannot open the image files")?;
     let t = Instant::now();
     let n = crate::swap::reembed_stale(
         store.as_ref(),
@@ -310,8 +319,14 @@ pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppS
     if n > 0 {
         tracing::warn!(images = n, elapsed_ms = t.elapsed().as_millis() as u64, model_version = %model.version(), "re-embedded images made by another model version");
     }
-    // Embeddings of other models are of no use any more (an interrupted swap can leave some).
-    let dropped = store.drop_other_versions(model.version()).await?;
+    // Embeddings of other models are of no use any more (an interrupted swap can leave some),
+    // unless other replicas still serve another model: then the follower drops them once all
+    // serve this one.
+    let dropped = if follows {
+        0
+    } else {
+        store.drop_other_versions(model.version()).await?
+    };
     if dropped > 0 {
         tracing::info!(
             embeddings = dropped,
@@ -321,7 +336,7 @@ pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppS
     // A replica follows the change feed from a point read before its snapshot (the states then
     // hold at least every change up to it), and checks in at once, so that compaction keeps
     // the changes it will replay.
-    let follower = if config.feed.follows(store.backend()) {
+    let follower = if follows {
         let head = store.feed().feed_head().await?;
         let name = config
             .feed
@@ -337,7 +352,9 @@ pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppS
                 now: crate::auth::now_ms(),
             })
             .await?;
-        Some(Arc::new(crate::feed::FeedState::new(name, head)))
+        let state = crate::feed::FeedState::new(name, head);
+        state.drop_other_versions_later();
+        Some(Arc::new(state))
     } else {
         None
     };
@@ -348,7 +365,8 @@ pub async fn init_state(config: Config, backend: Backend) -> anyhow::Result<AppS
         model.device(),
         &model.bundle().manifest.backbone,
     );
-    let core = Arc::new(Core::new(config, store, Serving { model, view }, loader));
+    let serving = Serving { model, view };
+    let core = Arc::new(Core::new(config, store, serving, loader, files));
     if let Some(f) = follower {
         core.set_feed(f);
     }

@@ -2,7 +2,9 @@
 //!
 //! Layers, later wins: built-in defaults, then an optional TOML file, then `SNAPSHOP_*`
 //! environment variables, then command-line flags. Nothing else in the crate reads the
-//! environment for settings; everything gets a `Config` (or a part of it).
+//! environment for settings; everything gets a `Config` (or a part of it). The one exception:
+//! an S3 image storage (`storage.images_url = "s3://…"`) takes its credentials, and what
+//! `[storage]` leaves unset, from the `AWS_*` variables, as `object_store` reads them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -87,6 +89,7 @@ pub struct Config {
     pub quotas: Quotas,
     pub import: ImportSettings,
     pub feed: FeedSettings,
+    pub storage: Storage,
 }
 
 /// The change feed a replica follows to apply other replicas' writes (`crate::feed`).
@@ -146,6 +149,22 @@ impl Default for FeedSettings {
             replica_timeout_secs: 300,
         }
     }
+}
+
+/// Where the image files live (`src/files.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// Unset: `<data_dir>/images`. `file:///DIR`: that directory (replicas may share one).
+    /// `s3://BUCKET[/PREFIX]`: an S3-compatible bucket, with credentials (and anything not set
+    /// below) from the `AWS_*` environment variables.
+    pub images_url: Option<String>,
+    /// S3: the endpoint URL, for S3-compatible stores (MinIO, ...). Unset: AWS, or `AWS_ENDPOINT`.
+    pub s3_endpoint: Option<String>,
+    /// S3: the region. Unset: `AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub s3_region: Option<String>,
+    /// S3: allow a plain `http://` endpoint (a local MinIO, say).
+    pub s3_allow_http: bool,
 }
 
 /// Server-side import jobs (`POST /v1/merchants/{merchant}/imports`).
@@ -311,6 +330,7 @@ impl Default for Config {
             quotas: Quotas::default(),
             import: ImportSettings::default(),
             feed: FeedSettings::default(),
+            storage: Storage::default(),
         }
     }
 }
@@ -503,6 +523,8 @@ impl Config {
                 return bad("database_url must be sqlite://PATH or postgres://USER@HOST:PORT/DB");
             }
         }
+        crate::files::Location::parse(self.storage.images_url.as_deref())
+            .map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -706,6 +728,31 @@ mod tests {
                 "{url}"
             );
         }
+
+        for (url, ok) in [
+            ("file:///srv/images", true),
+            ("s3://bucket/prefix", true),
+            ("file://srv/images", false),
+            ("gs://bucket", false),
+        ] {
+            let e = env(&[("SNAPSHOP_STORAGE__IMAGES_URL", url)]);
+            assert_eq!(
+                Config::load(None, e, &Overrides::default()).is_ok(),
+                ok,
+                "{url}"
+            );
+        }
+        let e = env(&[
+            ("SNAPSHOP_STORAGE__IMAGES_URL", "s3://b"),
+            ("SNAPSHOP_STORAGE__S3_ALLOW_HTTP", "true"),
+            ("SNAPSHOP_STORAGE__S3_ENDPOINT", "http://127.0.0.1:9000"),
+        ]);
+        let c = Config::load(None, e, &Overrides::default()).unwrap();
+        assert!(c.storage.s3_allow_http);
+        assert_eq!(
+            c.storage.s3_endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
 
         let e = env(&[("SNAPSHOP_SEARCH__DEFAULT_K", "500")]);
         assert!(matches!(

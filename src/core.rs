@@ -77,9 +77,10 @@ impl Core {
         store: Arc<dyn CatalogStore>,
         serving: Serving,
         loader: Arc<dyn ModelLoader>,
+        files: ImageFiles,
     ) -> Self {
         Self {
-            files: ImageFiles::new(&config.data_dir),
+            files,
             search_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_searches)),
             serving: ArcSwap::from_pointee(serving),
             loader,

@@ -67,6 +67,7 @@ error_codes! {
     Timeout = "timeout", 503, "the request ran longer than allowed";
     NotReady = "not_ready", 503, "starting up or shutting down, or too far behind the catalogue's change feed";
     StoreUnavailable = "store_unavailable", 503, "the catalogue database cannot be reached; searches still work, writes do not";
+    ImageStorageUnavailable = "image_storage_unavailable", 503, "the image file storage failed or does not answer";
 }
 
 impl ErrorCode {

@@ -47,6 +47,9 @@ pub struct FeedState {
     error: Mutex<Option<String>>,
     stop: AtomicBool,
     wake: Arc<Notify>,
+    /// Set after a model switch: the old model's embeddings are dropped once every live replica
+    /// serves the new one (others may still be searching with the old).
+    drop_pending: AtomicBool,
 }
 
 /// What `/readyz` shows of the follower.
@@ -86,6 +89,7 @@ impl FeedState {
             error: Mutex::new(None),
             stop: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
+            drop_pending: AtomicBool::new(false),
         }
     }
 
@@ -135,6 +139,12 @@ impl FeedState {
             listening: self.listening.load(Ordering::Acquire),
             error: self.error(),
         }
+    }
+
+    /// Asks for the other models' embeddings to be dropped once every live replica serves this
+    /// one (after a model switch, or at start-up).
+    pub fn drop_other_versions_later(&self) {
+        self.drop_pending.store(true, Ordering::Release);
     }
 
     /// Asks the follower to stop after its current step.
@@ -189,6 +199,9 @@ async fn step(core: &AppState, st: &FeedState) -> anyhow::Result<bool> {
         return Ok(true);
     }
     let more = batch.changes.len() >= cfg.batch.max(1);
+    if batch.changes.iter().any(|c| c.op == ChangeOp::Model) {
+        follow_model(core).await;
+    }
     if !batch.changes.is_empty() {
         let ids: BTreeSet<i64> = batch.changes.iter().filter_map(|c| c.product_id).collect();
         let ids: Vec<i64> = ids.into_iter().collect();
@@ -223,6 +236,61 @@ async fn step(core: &AppState, st: &FeedState) -> anyhow::Result<bool> {
     st.set_cursor(batch.next);
     st.read_ok(&batch);
     Ok(more)
+}
+
+/// Another replica switched the model: swap to the same bundle (its embeddings are in the store
+/// already, so the swap re-embeds only what was written with the old model since). Runs in the
+/// background; the follower goes on applying to the current view until the switch.
+async fn follow_model(core: &AppState) {
+    let wanted = match core.store().feed().serving_model().await {
+        Ok(Some(m)) => m,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the serving model");
+            return;
+        }
+    };
+    if wanted.model_version == core.serving().model.version() {
+        return;
+    }
+    if let crate::swap::SwapStatus::Running { to_version, .. } = core.swap_status() {
+        if to_version == wanted.model_version {
+            return;
+        }
+    }
+    tracing::info!(model_version = %wanted.model_version, bundle = %wanted.bundle, "another replica switched the model; following");
+    let core = core.clone();
+    tokio::spawn(async move {
+        let bundle = std::path::PathBuf::from(&wanted.bundle);
+        if let Err(e) = crate::swap::start_swap(&core, &bundle).await {
+            tracing::error!(error = %e, bundle = %wanted.bundle, "cannot follow the model switch of another replica; still serving the old model");
+        }
+    });
+}
+
+/// Drops the other models' embeddings once every live replica checked in with this model.
+async fn drop_when_all_switched(core: &AppState, st: &FeedState) {
+    if !st.drop_pending.load(Ordering::Acquire) {
+        return;
+    }
+    let live_since = now_ms() - (core.config().feed.replica_timeout_secs as i64) * 1000;
+    let version = core.serving().model.version().to_owned();
+    let replicas = match core.store().feed().replicas(live_since).await {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    if replicas.iter().any(|r| r.model_version != version) {
+        return;
+    }
+    match core.store().drop_other_versions(&version).await {
+        Ok(n) => {
+            st.drop_pending.store(false, Ordering::Release);
+            if n > 0 {
+                tracing::info!(embeddings = n, model_version = %version, "every replica serves this model: dropped the others' embeddings");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot drop the old model's embeddings"),
+    }
 }
 
 /// Keeps a `LISTEN` connection open, waking the follower on every notification.
@@ -263,6 +331,7 @@ async fn checkin(core: &AppState, st: &FeedState, last_compact: &mut Instant) {
         tracing::debug!(error = %e, "cannot check in the change feed cursor");
         return;
     }
+    drop_when_all_switched(core, st).await;
     if last_compact.elapsed() >= COMPACT_EVERY {
         *last_compact = Instant::now();
         let live_since = now_ms() - (cfg.replica_timeout_secs as i64) * 1000;

@@ -704,12 +704,9 @@ async fn load_image(
                         format!("no stored image of this merchant has SHA-256 {sha}"),
                     )
                 })?;
-            core.files().read(&path).await.map_err(|e| {
+            core.files().read(&path).await.map(Vec::from).map_err(|e| {
                 tracing::warn!(path, error = %e, "import: a stored image cannot be read");
-                (
-                    ErrorCode::Internal,
-                    "the stored image could not be read".to_owned(),
-                )
+                (e.code(), "the stored image could not be read".to_owned())
             })?
         }
         Reference::Path(p) => {

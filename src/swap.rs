@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 use snapshop_store::{CatalogStore, NewEmbedding, StaleImage};
@@ -113,7 +112,7 @@ async fn embed_one(
         .read(&s.path)
         .await
         .with_context(|| format!("image file {}", s.path))?;
-    let prepared = model.prepare(Bytes::from(bytes), unlimited()).await?;
+    let prepared = model.prepare(bytes, unlimited()).await?;
     let vector = model.embed_shop(prepared.tensor, &s.tags).await?;
     Ok(NewEmbedding {
         image_id: s.image_id,
@@ -349,9 +348,26 @@ async fn run_swap(core: &Arc<Core>, model: Arc<Model>, from: String) -> anyhow::
     if let Err(e) = core.serving().view.ann().persist(&to) {
         tracing::warn!(error = %e, "cannot save the new index snapshot");
     }
-    match store.drop_other_versions(&to).await {
-        Ok(n) => tracing::info!(embeddings = n, "dropped the old model's embeddings"),
-        Err(e) => tracing::warn!(error = %e, "cannot drop the old model's embeddings"),
+    if let Some(feed) = core.feed() {
+        // Replicas: tell the others (they follow with the same bundle, finding its embeddings
+        // stored), and drop the old model's embeddings only once every replica has switched.
+        let serving = snapshop_store::feed::ServingModel {
+            model_version: to.clone(),
+            bundle: model.dir().display().to_string(),
+            set_at: now_ms(),
+        };
+        let recorded = store.feed().serving_model().await.ok().flatten();
+        if recorded.as_ref().map(|m| &m.model_version) != Some(&to) {
+            if let Err(e) = store.feed().set_serving_model(&serving).await {
+                tracing::warn!(error = %e, "cannot record the serving model for the other replicas");
+            }
+        }
+        feed.drop_other_versions_later();
+    } else {
+        match store.drop_other_versions(&to).await {
+            Ok(n) => tracing::info!(embeddings = n, "dropped the old model's embeddings"),
+            Err(e) => tracing::warn!(error = %e, "cannot drop the old model's embeddings"),
+        }
     }
     let elapsed_ms = started.elapsed().as_millis() as u64;
     tracing::info!(from = %from, to = %to, images, elapsed_ms, "model swap done");

@@ -49,3 +49,13 @@ $$;
 
 CREATE TRIGGER catalog_changes_notify AFTER INSERT ON catalog_changes
     FOR EACH STATEMENT EXECUTE FUNCTION snapshop_notify_change();
+
+-- The model every replica should serve (one row, once a replica swapped): a hot swap done by one
+-- replica records it here, with a `model` row in the feed, and the others follow (they load the
+-- same bundle and find its embeddings already stored).
+CREATE TABLE serving_model (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    model_version TEXT NOT NULL,
+    bundle TEXT NOT NULL,
+    set_at BIGINT NOT NULL
+);

@@ -23,3 +23,13 @@ CREATE TABLE feed_compacted (
     seq BIGINT NOT NULL
 );
 INSERT INTO feed_compacted (id, txid, seq) VALUES (1, 0, 0);
+
+-- The model every replica should serve (one row, once a replica swapped): a hot swap done by one
+-- replica records it here, with a `model` row in the feed, and the others follow (they load the
+-- same bundle and find its embeddings already stored).
+CREATE TABLE serving_model (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    model_version TEXT NOT NULL,
+    bundle TEXT NOT NULL,
+    set_at BIGINT NOT NULL
+);

@@ -256,13 +256,16 @@ struct ImagesForm {
 }
 
 errors!(CreateErrors: InvalidRequest, MalformedJson, InvalidField, ProductExists,
-    QuotaExceeded, PayloadTooLarge, ImageTooLarge, UnsupportedMediaType, ImageUndecodable, Overloaded);
+    QuotaExceeded, PayloadTooLarge, ImageTooLarge, UnsupportedMediaType, ImageUndecodable, Overloaded,
+    ImageStorageUnavailable);
 errors!(AddImagesErrors: InvalidRequest, InvalidField, ProductNotFound, VersionConflict,
-    QuotaExceeded, PayloadTooLarge, ImageTooLarge, UnsupportedMediaType, ImageUndecodable, Overloaded);
+    QuotaExceeded, PayloadTooLarge, ImageTooLarge, UnsupportedMediaType, ImageUndecodable, Overloaded,
+    ImageStorageUnavailable);
 errors!(ReadErrors: InvalidRequest, InvalidField, ProductNotFound);
+errors!(ReadImageErrors: InvalidRequest, InvalidField, ProductNotFound, ImageStorageUnavailable);
 errors!(ListErrors: InvalidRequest, InvalidField);
 errors!(UpdateErrors: InvalidRequest, MalformedJson, InvalidField, ProductNotFound,
-    VersionConflict, PayloadTooLarge, UnsupportedMediaType, Overloaded);
+    VersionConflict, PayloadTooLarge, UnsupportedMediaType, Overloaded, ImageStorageUnavailable);
 errors!(DeleteErrors: InvalidRequest, InvalidField, ProductNotFound, VersionConflict, Overloaded);
 errors!(DeleteImageErrors: InvalidRequest, InvalidField, ProductNotFound, ImageNotFound,
     VersionConflict, Overloaded);
@@ -391,7 +394,7 @@ async fn get_product(
                 ("ETag" = String, description = "The quoted SHA-256 of the file."),
                 ("Cache-Control" = String, description = "`public, max-age=31536000, immutable`"),
             )),
-        ReadErrors,
+        ReadImageErrors,
     ),
 )]
 async fn get_image(
@@ -446,11 +449,7 @@ async fn get_image(
     if cached {
         return Ok((StatusCode::NOT_MODIFIED, out).into_response());
     }
-    let bytes = state
-        .files()
-        .read(&image.path)
-        .await
-        .map_err(ApiError::internal)?;
+    let bytes = state.files().read(&image.path).await?;
     out.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     Ok((out, bytes).into_response())
 }

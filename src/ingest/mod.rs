@@ -37,11 +37,8 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("image file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Files(#[from] crate::files::FilesError),
     #[error(
         "product `{id}` of merchant `{merchant}` kept changing; gave up after {attempts} attempts"
     )]
@@ -59,7 +56,7 @@ impl Coded for IngestError {
             IngestError::Invalid(_) => ErrorCode::InvalidField,
             IngestError::Store(e) => e.code(),
             IngestError::Model(e) => e.code(),
-            IngestError::Io { .. } => ErrorCode::Internal,
+            IngestError::Files(e) => e.code(),
             IngestError::Contended { .. } => ErrorCode::Overloaded,
         }
     }
@@ -176,13 +173,7 @@ async fn embed_new_images(
         let prepared = model.prepare(bytes.clone(), limits).await?;
         let embedding = model.embed_shop(prepared.tensor, tags).await?;
         let path = images::relative_path(&sha256, prepared.format);
-        core.files()
-            .store(&path, bytes.clone())
-            .await
-            .map_err(|source| IngestError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        core.files().store(&path, bytes.clone()).await?;
         Ok::<_, IngestError>(NewImage {
             sha256,
             byte_size: bytes.len() as i64,
@@ -208,12 +199,8 @@ pub async fn reembed_files(
     files: Vec<(i64, String)>,
 ) -> Result<Vec<(i64, Vec<f32>)>, IngestError> {
     let work = files.into_iter().map(|(image_id, path)| async move {
-        let bytes = core
-            .files()
-            .read(&path)
-            .await
-            .map_err(|source| IngestError::Io { path, source })?;
-        let prepared = model.prepare(Bytes::from(bytes), unlimited()).await?;
+        let bytes = core.files().read(&path).await?;
+        let prepared = model.prepare(bytes, unlimited()).await?;
         let embedding = model.embed_shop(prepared.tensor, tags).await?;
         Ok::<_, IngestError>((image_id, embedding))
     });

@@ -330,3 +330,38 @@ async fn unreferenced_files_are_swept_after_the_grace_period_only() {
     assert!(files[0].is_file(), "a referenced file was swept");
     app.stop().await;
 }
+
+/// The image files go where `storage.images_url` says (a directory replicas may share), not into
+/// the data directory; a storage that fails answers 503 `image_storage_unavailable`, with
+/// `Retry-After`.
+#[tokio::test]
+async fn image_files_live_where_images_url_says_and_a_failing_storage_is_a_503() {
+    let shared = tempfile::tempdir().unwrap();
+    let images = shared.path().join("images");
+    let url = format!("file://{}", images.display());
+    let app = spawn_fake_app_with(new_data_dir(), |c| c.storage.images_url = Some(url)).await;
+    let photos = fixture_photos(2);
+    let created = app
+        .create_product("m", &product("a", &[]), &photos[..1])
+        .await
+        .assert_status(201);
+    let image = &created.json["images"][0];
+    let sha = image["sha256"].as_str().unwrap();
+    let format = image["format"].as_str().unwrap();
+    let file = images.join(format!("{}/{}/{sha}.{format}", &sha[..2], &sha[2..4]));
+    assert!(file.is_file(), "{} is missing", file.display());
+    assert!(!app.data_dir.path().join("images").exists());
+    let id = image["id"].to_string();
+    app.get_image("m", "a", &id).await.assert_status(200);
+
+    // The storage breaks: its directory becomes a plain file.
+    std::fs::remove_dir_all(&images).unwrap();
+    std::fs::write(&images, b"not a directory").unwrap();
+    let r = app.get_image("m", "a", &id).await;
+    assert_eq!(r.header("retry-after"), Some("1"));
+    r.assert_error(503, "image_storage_unavailable");
+    app.create_product("m", &product("b", &[]), &photos[1..])
+        .await
+        .assert_error(503, "image_storage_unavailable");
+    app.stop().await;
+}

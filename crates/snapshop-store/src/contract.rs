@@ -2830,7 +2830,7 @@ pub async fn change_feed(store: &dyn CatalogStore) {
     let ids: HashSet<i64> = [a.product.id, b.product.id, c.product.id].into();
     let m_ = Some(m.clone());
     let mv_ = Some(mv.clone());
-    let expected = vec![
+    let expected = [
         (Upsert, a.product.id, m_.clone(), None, mv_.clone()),
         (Upsert, b.product.id, m_.clone(), None, mv_.clone()),
         (Upsert, c.product.id, m_.clone(), None, mv_.clone()),

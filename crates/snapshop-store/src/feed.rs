@@ -32,6 +32,9 @@ pub enum ChangeOp {
     Delete,
     /// Embeddings were stored for a product without changing it (a re-embedding).
     Embed,
+    /// A replica switched the model every replica should serve ([`FeedStore::serving_model`]);
+    /// the row names the model version and no product.
+    Model,
     /// A row written before the feed existed: it does not say which product changed.
     Legacy,
 }
@@ -42,6 +45,7 @@ impl ChangeOp {
             ChangeOp::Upsert => "upsert",
             ChangeOp::Delete => "delete",
             ChangeOp::Embed => "embed",
+            ChangeOp::Model => "model",
             ChangeOp::Legacy => "write",
         }
     }
@@ -51,6 +55,7 @@ impl ChangeOp {
             "upsert" => ChangeOp::Upsert,
             "delete" => ChangeOp::Delete,
             "embed" => ChangeOp::Embed,
+            "model" => ChangeOp::Model,
             _ => ChangeOp::Legacy,
         }
     }
@@ -82,7 +87,7 @@ pub struct FeedChange {
     pub at: i64,
     pub op: ChangeOp,
     pub merchant: Option<String>,
-    /// `None` only for [`ChangeOp::Legacy`] rows.
+    /// `None` only for [`ChangeOp::Model`] and [`ChangeOp::Legacy`] rows.
     pub product_id: Option<i64>,
     pub image_id: Option<i64>,
     pub model_version: Option<String>,
@@ -124,6 +129,15 @@ pub struct Replica {
     pub seen_at: i64,
 }
 
+/// The model every replica should serve, as the last hot swap recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServingModel {
+    pub model_version: String,
+    /// The bundle directory, as the swapping replica named it (replicas share the path).
+    pub bundle: String,
+    pub set_at: i64,
+}
+
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Compacted {
@@ -161,6 +175,13 @@ pub trait FeedStore: Send + Sync {
     /// [`crate::CatalogStore::last_change`] never goes back.
     async fn compact(&self, live_since: i64) -> Result<Compacted>;
 
+    /// Records the model every replica should serve, with a [`ChangeOp::Model`] feed row, in one
+    /// transaction.
+    async fn set_serving_model(&self, model: &ServingModel) -> Result<()>;
+
+    /// The model every replica should serve, once a swap recorded one.
+    async fn serving_model(&self) -> Result<Option<ServingModel>>;
+
     /// Wakes `wake` whenever a change may have been committed, until the store is closed or the
     /// connection fails (`Err`; the caller retries). Backends without notifications return
     /// `Ok(false)` at once: the follower then relies on polling alone.
@@ -181,10 +202,10 @@ pub(crate) type ChangeRow = (
 
 pub(crate) fn change_from_row(row: ChangeRow) -> FeedChange {
     let (txid, seq, at, op, merchant, product_id, image_id, model_version) = row;
-    let op = if product_id.is_none() {
-        ChangeOp::Legacy
-    } else {
-        ChangeOp::parse(&op)
+    let op = match ChangeOp::parse(&op) {
+        ChangeOp::Model => ChangeOp::Model,
+        _ if product_id.is_none() => ChangeOp::Legacy,
+        op => op,
     };
     FeedChange {
         cursor: FeedCursor { txid, seq },

@@ -1076,6 +1076,41 @@ impl FeedStore for SqliteStore {
         })
     }
 
+    async fn set_serving_model(&self, model: &feed::ServingModel) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO serving_model (id, model_version, bundle, set_at) VALUES (1, $1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET model_version = EXCLUDED.model_version, \
+             bundle = EXCLUDED.bundle, set_at = EXCLUDED.set_at",
+        )
+        .bind(&model.model_version)
+        .bind(&model.bundle)
+        .bind(model.set_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO catalog_changes (at, op, model_version) VALUES ($1, 'model', $2)")
+            .bind(model.set_at)
+            .bind(&model.model_version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn serving_model(&self) -> Result<Option<feed::ServingModel>> {
+        let row: Option<(String, String, i64)> =
+            sqlx::query_as("SELECT model_version, bundle, set_at FROM serving_model WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(
+            row.map(|(model_version, bundle, set_at)| feed::ServingModel {
+                model_version,
+                bundle,
+                set_at,
+            }),
+        )
+    }
+
     async fn listen(&self, _wake: Arc<tokio::sync::Notify>) -> Result<bool> {
         Ok(false)
     }
