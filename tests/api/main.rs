@@ -15,6 +15,7 @@ mod openapi;
 mod ops;
 mod parity;
 mod products;
+mod replicas;
 mod restart;
 mod search;
 mod writes;
