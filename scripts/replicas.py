@@ -417,11 +417,14 @@ def proof(replicas, pg, writes):
     # 5. Postgres outage
     pg.stop("fast")
     stopped_at = time.monotonic()
-    outage = {"write_503": 0, "write_other": [], "retry_after": 0, "search_ok": 0, "search_other": []}
-    deadline = stopped_at + 4.0
+    outage = {"write_503": 0, "write_other": [], "retry_after": 0, "search_ok": 0, "search_other": [],
+              "write_s": [], "search_s": []}
+    deadline = stopped_at + 8.0
     while time.monotonic() < deadline:
         for rep in replicas:
+            t0 = time.monotonic()
             r = rep.create(f"o{run}-{uuid.uuid4().hex[:6]}", [f"run:o{run}"])
+            outage["write_s"].append(time.monotonic() - t0)
             if r.status == 503:
                 outage["write_503"] += 1
                 outage["retry_after"] += "Retry-After" in r.headers or "retry-after" in r.headers
@@ -430,7 +433,9 @@ def proof(replicas, pg, writes):
                     outage["write_other"].append(code)
             else:
                 outage["write_other"].append(r.status)
+            t0 = time.monotonic()
             s = rep.search(f"run:k{run}")
+            outage["search_s"].append(time.monotonic() - t0)
             if s.status == 200 and s.json()["results"]:
                 outage["search_ok"] += 1
             else:
@@ -438,7 +443,8 @@ def proof(replicas, pg, writes):
     print(f"replicas: Postgres down: {outage['write_503']} writes answered 503 "
           f"({outage['retry_after']} with Retry-After), {outage['search_ok']} searches answered "
           f"with results, other answers: writes {outage['write_other'][:5]}, searches "
-          f"{outage['search_other'][:5]}", flush=True)
+          f"{outage['search_other'][:5]}; answered in: writes {ms(outage['write_s'])}, "
+          f"searches {ms(outage['search_s'])}", flush=True)
     check("Postgres down: every write gets 503 store_unavailable with Retry-After",
           outage["write_503"] > 0 and not outage["write_other"]
           and outage["retry_after"] == outage["write_503"])

@@ -18,7 +18,7 @@ use snapshop_store::{CatalogStore, FeedCursor, KeyKind, KeyQuery};
 use tokio::sync::{Notify, OwnedSemaphorePermit, RwLock, RwLockReadGuard, Semaphore};
 
 use crate::auth::limit::RateLimiter;
-use crate::auth::{now_ms, Authenticator};
+use crate::auth::{now_ms, Authenticator, StoreHealth};
 use crate::config::Config;
 use crate::feed::FeedState;
 use crate::files::ImageFiles;
@@ -58,6 +58,8 @@ pub struct Core {
     /// Held by the follower across reading and applying a batch, and by whatever replaces or
     /// rebuilds the view (a reload, a model switch): see `crate::feed`.
     feed_lock: tokio::sync::Mutex<()>,
+    /// Whether the store was just found unreachable (see [`Core::check_store`]).
+    health: Arc<StoreHealth>,
 }
 
 /// How long the cached set of search-key origins is used.
@@ -79,6 +81,7 @@ impl Core {
         loader: Arc<dyn ModelLoader>,
         files: ImageFiles,
     ) -> Self {
+        let health = Arc::new(StoreHealth::default());
         Self {
             files,
             search_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_searches)),
@@ -89,14 +92,33 @@ impl Core {
             wake: Notify::new(),
             imports: Notify::new(),
             ready: AtomicBool::new(false),
-            authenticator: Authenticator::new(store.clone(), config.auth.dev_mode),
+            authenticator: Authenticator::new(store.clone(), config.auth.dev_mode, health.clone()),
             rate_limiter: RateLimiter::new(config.rate_limits.clone()),
             key_origins: Mutex::new(None),
             feed: std::sync::OnceLock::new(),
             feed_lock: tokio::sync::Mutex::new(()),
+            health,
             config,
             store,
         }
+    }
+
+    /// Records that the store was found unreachable: for `for_ms`, writes answer 503
+    /// `store_unavailable` at once instead of each waiting out the pool's connect timeout, and
+    /// keys are checked against their last lookup (the change feed's follower renews it while its
+    /// reads fail, and clears it when one succeeds).
+    pub fn store_down_for(&self, for_ms: i64) {
+        self.health.mark_down(for_ms);
+    }
+
+    /// The store answered again.
+    pub fn store_up(&self) {
+        self.health.mark_up();
+    }
+
+    /// `Err` while the store is known to be unreachable (see [`Core::store_down_for`]).
+    pub fn check_store(&self) -> Result<(), snapshop_store::StoreError> {
+        self.health.check()
     }
 
     /// Attaches the change feed's follower state (once, at start-up).

@@ -28,8 +28,12 @@ use crate::view::Change;
 
 /// How often a replica compacts the feed (every replica does; they agree on what to delete).
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
-/// The longest wait between retries after the store failed.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest wait between retries after the store failed: short, since the first read that
+/// succeeds again is what lets writes through again ([`crate::core::Core::check_store`]).
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a failed read marks the store unreachable for writes: a retry's connect timeout and
+/// backoff, so that it stays marked while reads keep failing.
+const STORE_DOWN_MS: i64 = 4_000;
 
 /// Where this replica's follower stands; shared with `/readyz`, metrics and searches.
 #[derive(Debug)]
@@ -293,6 +297,14 @@ async fn drop_when_all_switched(core: &AppState, st: &FeedState) {
     }
 }
 
+/// Whether a step failed because the store cannot be reached.
+fn is_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<snapshop_store::StoreError>()
+            .is_some_and(|s| s.is_unavailable())
+    })
+}
+
 /// Keeps a `LISTEN` connection open, waking the follower on every notification.
 async fn listen(core: AppState, st: Arc<FeedState>) {
     let mut backoff = Duration::from_millis(200);
@@ -360,12 +372,19 @@ pub async fn run(core: AppState) {
     tracing::info!(replica = %st.replica, cursor = ?st.cursor(), "following the change feed");
     while !st.stop.load(Ordering::Acquire) {
         let wait = match step(&core, &st).await {
-            Ok(true) => Duration::ZERO,
+            Ok(true) => {
+                core.store_up();
+                Duration::ZERO
+            }
             Ok(false) => {
+                core.store_up();
                 backoff = poll;
                 poll
             }
             Err(e) => {
+                if is_unavailable(&e) {
+                    core.store_down_for(STORE_DOWN_MS);
+                }
                 let text = format!("{e:#}");
                 if st.error().is_none() {
                     tracing::warn!(error = %text, "cannot read the change feed; retrying");

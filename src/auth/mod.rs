@@ -237,14 +237,51 @@ pub struct Authenticator {
     /// (see [`OUTAGE_GRACE`]): every other request looks the key up, so a revocation takes
     /// effect on the next request.
     last_known: Mutex<HashMap<String, (Instant, Arc<KeyRecord>)>>,
-    /// Until when lookups skip the store after it was found unreachable ([`STORE_DOWN_BACKOFF`]):
-    /// without it every request would first wait out the pool's connect timeout.
-    store_down_until: Mutex<Option<Instant>>,
+    /// Whether the store was just found unreachable: lookups then go straight to the last
+    /// known records instead of each waiting out the pool's connect timeout.
+    health: Arc<StoreHealth>,
 }
 
-/// How long key lookups go straight to the last known records after the store was found
-/// unreachable; the first request after it tries the store again.
-const STORE_DOWN_BACKOFF: Duration = Duration::from_secs(1);
+/// How long one failed key lookup marks the store unreachable; the first request after it tries
+/// the store again.
+const STORE_DOWN_MS: i64 = 1_000;
+
+/// Whether the store was found unreachable a moment ago, shared by the key lookups, the writes
+/// (`crate::core::Core::check_store`) and the change feed's follower, which renews it while its
+/// reads fail and clears it when one succeeds. Only real failures mark it: a request refused
+/// because of it does not.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    down_until: std::sync::atomic::AtomicI64,
+}
+
+impl StoreHealth {
+    /// The store failed to answer: treat it as unreachable for `for_ms`.
+    pub fn mark_down(&self, for_ms: i64) {
+        self.down_until
+            .fetch_max(now_ms() + for_ms, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The store answered.
+    pub fn mark_up(&self) {
+        self.down_until
+            .store(0, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_down(&self) -> bool {
+        now_ms() < self.down_until.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `Err(StoreError::Unavailable)` while [`StoreHealth::is_down`].
+    pub fn check(&self) -> Result<(), StoreError> {
+        if self.is_down() {
+            return Err(StoreError::Unavailable(
+                "the store was unreachable a moment ago".into(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// How old a key lookup may be and still admit a request while the store cannot be reached:
 /// searches keep being answered from memory through a database outage this long.
@@ -253,24 +290,20 @@ const OUTAGE_GRACE: Duration = Duration::from_secs(15 * 60);
 const LAST_KNOWN_MAX: usize = 10_000;
 
 impl Authenticator {
-    pub fn new(store: Arc<dyn CatalogStore>, dev_mode: bool) -> Self {
+    pub fn new(store: Arc<dyn CatalogStore>, dev_mode: bool, health: Arc<StoreHealth>) -> Self {
         Self {
             store,
             dev_mode,
             touched: Mutex::new(HashMap::new()),
             last_known: Mutex::new(HashMap::new()),
-            store_down_until: Mutex::new(None),
+            health,
         }
     }
 
     /// The key record for `hash`: from the store, or, while the store is unreachable, as a
     /// lookup less than [`OUTAGE_GRACE`] ago found it.
     async fn lookup(&self, hash: &str) -> Result<Option<Arc<KeyRecord>>, AuthError> {
-        let down = self
-            .store_down_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|until| Instant::now() < until);
+        let down = self.health.is_down();
         let looked_up = if down {
             Err(StoreError::Unavailable(
                 "the store was unreachable a moment ago".into(),
@@ -279,10 +312,7 @@ impl Authenticator {
             self.store.access().key_by_hash(hash).await
         };
         if matches!(&looked_up, Err(e) if e.is_unavailable()) && !down {
-            *self
-                .store_down_until
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + STORE_DOWN_BACKOFF);
+            self.health.mark_down(STORE_DOWN_MS);
         }
         match looked_up {
             Ok(Some(record)) => {

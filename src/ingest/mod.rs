@@ -332,6 +332,7 @@ pub async fn create_product(
     new: NewProduct,
     files: Vec<Bytes>,
 ) -> Result<Ingested, IngestError> {
+    core.check_store().map_err(IngestError::Store)?;
     validate_product_id(&new.id)?;
     validate_title(&new.title)?;
     validate_attributes(&new.attributes)?;
@@ -418,6 +419,7 @@ pub async fn add_images(
     files: Vec<Bytes>,
     if_match: Option<ETag>,
 ) -> Result<Ingested, IngestError> {
+    core.check_store().map_err(IngestError::Store)?;
     if files.is_empty() {
         return Err(IngestError::Invalid("send at least one image".into()));
     }
@@ -461,6 +463,7 @@ pub async fn update_product(
     patch: ProductPatch,
     if_match: Option<ETag>,
 ) -> Result<Ingested, IngestError> {
+    core.check_store().map_err(IngestError::Store)?;
     if let Some(t) = &patch.title {
         validate_title(t)?;
     }
@@ -517,6 +520,7 @@ pub async fn delete_product(
     id: &str,
     if_match: Option<ETag>,
 ) -> Result<(), IngestError> {
+    core.check_store().map_err(IngestError::Store)?;
     let expect = match if_match {
         None => None,
         Some(_) => {
@@ -551,6 +555,7 @@ pub async fn delete_image(
     image_id: i64,
     if_match: Option<ETag>,
 ) -> Result<Ingested, IngestError> {
+    core.check_store().map_err(IngestError::Store)?;
     for attempt in 0..MAX_ATTEMPTS {
         let serving = core.serving();
         let expect = match if_match {
@@ -587,6 +592,7 @@ pub async fn purge(
     filter: TagFilter,
     dry_run: bool,
 ) -> Result<Purged, IngestError> {
+    core.check_store().map_err(IngestError::Store)?;
     let filter = PurgeFilter { all: filter.all };
     if dry_run {
         return Ok(core.store().purge(merchant.as_str(), &filter, true).await?);
