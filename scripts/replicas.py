@@ -522,6 +522,11 @@ def main():
     ap.add_argument("--serve", action="store_true", help="start them and wait until Ctrl-C")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()
+    # SIGTERM (and SIGINT where a shell ignores it for background jobs) stops it like Ctrl-C.
+    def interrupt(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     if not os.path.exists(args.bin):
         sys.exit(f"replicas: {args.bin} is missing: cargo build --bin snapshop")
     if not args.serve and args.replicas < 3:
