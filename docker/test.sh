@@ -126,7 +126,8 @@ if t "wait for the snapshop target to be up" wait_up; then
 else
   not_ok "Prometheus scrapes snapshop: target up (/api/v1/targets)" "$(curl -s "$PROM/api/v1/targets")"
 fi
-check "Prometheus loaded the 7 alert rules (/api/v1/rules)" 7 "$(curl -s "$PROM/api/v1/rules" |
+rules=$(grep -c -- '- alert:' docker/prometheus/alerts.yml)
+check "Prometheus loaded the $rules alert rules of alerts.yml (/api/v1/rules)" "$rules" "$(curl -s "$PROM/api/v1/rules" |
   json 'sum(r["type"] == "alerting" for g in d["data"]["groups"] for r in g["rules"])')"
 check "snapshop_ready is 1 in Prometheus (/api/v1/query)" 1 "$(curl -s "$PROM/api/v1/query?query=snapshop_ready" |
   json 'd["data"]["result"][0]["value"][1] if d["data"]["result"] else "none"')"

@@ -153,11 +153,11 @@ fn describe() {
     describe_gauge!(
         "snapshop_feed_lag_seconds",
         Unit::Seconds,
-        "How long the oldest committed change this replica has not applied has waited (replicas only)"
+        "How long the oldest committed change this replica has not applied has waited (0 for a single process)"
     );
     describe_gauge!(
         "snapshop_feed_pending_changes",
-        "Committed changes this replica has not applied yet (replicas only)"
+        "Committed changes this replica has not applied yet (0 for a single process)"
     );
     describe_gauge!(
         "snapshop_feed_listening",
@@ -193,12 +193,19 @@ pub fn refresh(core: &Core) {
     metrics::gauge!("snapshop_inference_queue_capacity")
         .set(core.config().queue.capacity.max(1) as f64);
     metrics::gauge!("snapshop_ready").set(if core.is_ready() { 1.0 } else { 0.0 });
-    if let Some(feed) = core.feed() {
-        let status = feed.status();
-        metrics::gauge!("snapshop_feed_lag_seconds").set(status.lag_ms as f64 / 1000.0);
-        metrics::gauge!("snapshop_feed_pending_changes").set(status.pending as f64);
-        metrics::gauge!("snapshop_feed_listening").set(if status.listening { 1.0 } else { 0.0 });
-    }
+    // 0 for a single process (its own writes are in its view when they answer), so that one
+    // dashboard and one alert fit both.
+    let (lag_ms, pending) = core
+        .feed()
+        .map(|f| f.status())
+        .map_or((0, 0), |s| {
+            metrics::gauge!("snapshop_feed_listening").set(if s.listening { 1.0 } else { 0.0 });
+            (s.lag_ms, s.pending)
+        });
+    metrics::gauge!("snapshop_feed_lag_seconds").set(lag_ms as f64 / 1000.0);
+    metrics::gauge!("snapshop_feed_pending_changes").set(pending as f64);
+    // Exported from the start (at 0), so that dashboards see the series before the first change.
+    metrics::counter!("snapshop_feed_changes_applied_total").increment(0);
 }
 
 /// Sets the model info gauge.
