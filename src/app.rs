@@ -445,6 +445,19 @@ pub fn start_background(state: &AppState) -> Background {
                 if let Err(e) = st.files().sweep(st.store(), grace).await {
                     tracing::warn!(error = format!("{e:#}"), "image file sweep failed");
                 }
+                // Without a follower (one process) nobody needs old change rows: keep the
+                // latest only. A follower compacts for the replicas itself (src/feed.rs).
+                if st.feed().is_none() {
+                    let live_since = crate::auth::now_ms()
+                        - st.config().feed.replica_timeout_secs as i64 * 1000;
+                    match st.store().feed().compact(live_since).await {
+                        Ok(c) if c.changes > 0 => {
+                            tracing::debug!(changes = c.changes, "change rows compacted")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot compact the change rows"),
+                    }
+                }
             }
             maintain_index(&st, &s).await;
         }
