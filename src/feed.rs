@@ -407,4 +407,16 @@ pub async fn run(core: AppState) {
         }
     }
     listener.abort();
+    // Leaving: checked in as never seen, so compaction stops waiting for this replica at once
+    // (a restart checks in again before it loads its snapshot).
+    let serving = core.serving();
+    let c = Checkin {
+        replica: &st.replica,
+        cursor: st.cursor(),
+        model_version: serving.model.version(),
+        now: 0,
+    };
+    if let Err(e) = core.store().feed().checkin(c).await {
+        tracing::debug!(error = %e, "cannot check out of the change feed");
+    }
 }
