@@ -454,8 +454,9 @@ fn swap_replays_changes_made_during_a_build() {
         st.insert(k as Key, &v(k));
     }
     let (keys, versions, snap) = st.snapshot();
-    let g = Graph::build(&cfg, keys, &snap, &no_stop()).expect("build");
-    st.swap_graph(g, &versions);
+    let g = Graph::build(&cfg, &snap, &no_stop()).expect("build");
+    let flat = g.flatten();
+    st.swap_graph(Arc::new(g), flat, keys, &versions);
     st.check_invariants();
     assert_eq!((st.graph_live_count, st.fresh.len()), (200, 0));
 
@@ -466,12 +467,13 @@ fn swap_replays_changes_made_during_a_build() {
     assert!(st.remove(200)); // fresh key removed during the build
     st.insert(4, &v(300)); // graph key replaced during the build
     st.insert(201, &v(201)); // brand new key during the build
-    let g = Graph::build(&cfg, keys, &snap, &no_stop()).expect("build");
-    let old = st.swap_graph(g, &versions);
+    let g = Graph::build(&cfg, &snap, &no_stop()).expect("build");
+    let flat = g.flatten();
+    let old = st.swap_graph(Arc::new(g), flat, keys, &versions);
     assert!(old.is_some());
     st.check_invariants();
     // 201 snapshot points; 3, 4 (old vector) and 200 are tombstones; 4 and 201 stay fresh.
-    assert_eq!(st.graph.as_ref().map(Graph::len), Some(201));
+    assert_eq!(st.graph.as_ref().map(|g| g.len()), Some(201));
     assert_eq!(st.tombstones(), 3);
     let mut fresh_keys: Vec<Key> = st
         .fresh
@@ -550,5 +552,85 @@ fn concurrent_search_insert_remove_and_maintain() {
         let hits = idx.search(&v(k as usize), 10, None).expect("s");
         assert!(!keys_of(&hits).contains(&k));
     }
-    assert!(idx.stats().rebuilds >= 2);
+    assert!(idx.stats().rebuilds + idx.merges() >= 2);
+}
+
+#[test]
+fn maintain_merges_fresh_vectors_into_the_graph_without_a_rebuild() {
+    let dim = 16;
+    let cfg = IndexConfig {
+        fresh_capacity: 50,
+        ..test_cfg(dim)
+    };
+    let data = random_unit_vectors(500, dim, 111);
+    let v = |k: usize| data[k * dim..(k + 1) * dim].to_vec();
+    let idx = ShopIndex::build(cfg, items(&data[..300 * dim], dim, 0), &no_stop()).expect("build");
+    assert_eq!((idx.stats().rebuilds, idx.merges()), (1, 0));
+    for k in 300..500 {
+        idx.insert(k as Key, &v(k)).expect("insert");
+    }
+    assert!(idx.needs_maintenance());
+    assert!(idx.maintain(&no_stop()).expect("maintain"));
+    idx.check_invariants();
+    let s = idx.stats();
+    assert_eq!((s.live, s.graph, s.fresh, s.tombstones), (500, 500, 0, 0));
+    assert_eq!((s.rebuilds, idx.merges()), (1, 1));
+    for k in [0usize, 299, 300, 420, 499] {
+        assert_eq!(idx.search(&v(k), 1, None).expect("s")[0].key, k as Key);
+    }
+    // merge_fresh merges below capacity too; a replaced key leaves a tombstone behind.
+    idx.insert(7, &v(450)).expect("replace");
+    assert!(idx.merge_fresh(&no_stop()).expect("merge"));
+    assert!(!idx.merge_fresh(&no_stop()).expect("nothing to merge"));
+    idx.check_invariants();
+    let s = idx.stats();
+    assert_eq!(
+        (s.graph, s.fresh, s.tombstones, idx.merges()),
+        (500, 0, 1, 2)
+    );
+    let hits = idx.search(&v(450), 2, None).expect("s");
+    let mut got = keys_of(&hits);
+    got.sort_unstable();
+    assert_eq!(got, vec![7, 450]);
+}
+
+#[test]
+fn merge_replays_changes_made_while_inserting() {
+    let dim = 16;
+    let cfg = test_cfg(dim);
+    let data = random_unit_vectors(400, dim, 121);
+    let v = |k: usize| data[k * dim..(k + 1) * dim].to_vec();
+    let mut st = State::new(dim);
+    for k in 0..200 {
+        st.insert(k as Key, &v(k));
+    }
+    let (keys, versions, snap) = st.snapshot();
+    let g = Arc::new(Graph::build(&cfg, &snap, &no_stop()).expect("build"));
+    st.swap_graph(g.clone(), g.flatten(), keys, &versions);
+    for k in 200..260 {
+        st.insert(k as Key, &v(k));
+    }
+    let first = st.graph_keys.len();
+    let (keys, versions, fresh) = st.fresh_snapshot();
+    g.insert(dim, &fresh, first, &no_stop()).expect("insert");
+    // Searches between the insert and the commit skip the unmapped ids and still see the
+    // fresh keys exactly.
+    assert_eq!(st.search_graph(&cfg, &v(230), 1, None)[0].key, 230);
+    assert!(st.remove(210)); // merged key removed meanwhile
+    st.insert(220, &v(300)); // merged key replaced meanwhile
+    st.insert(260, &v(260)); // new key meanwhile
+    st.commit_merge(g.flatten(), &keys, &versions);
+    st.check_invariants();
+    assert_eq!(st.graph_keys.len(), 260);
+    assert_eq!(st.tombstones(), 2);
+    let mut fresh_keys: Vec<Key> = st
+        .fresh
+        .iter()
+        .map(|s| st.slot_keys[*s].expect("key"))
+        .collect();
+    fresh_keys.sort_unstable();
+    assert_eq!(fresh_keys, vec![220, 260]);
+    assert_eq!(st.search_graph(&cfg, &v(300), 1, None)[0].key, 220);
+    assert_eq!(st.search_graph(&cfg, &v(245), 1, None)[0].key, 245);
+    assert_ne!(st.search_graph(&cfg, &v(210), 1, None)[0].key, 210);
 }
