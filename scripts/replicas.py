@@ -466,10 +466,15 @@ def proof(replicas, pg, writes):
                       timeout=10, step=0.1)
     check("after the outage the writes made through each replica are found on all three",
           took is not None)
+    # The LISTEN connection comes back on its own too (the follower polls meanwhile).
     for rep in replicas:
-        feed = rep.ready_json().get("feed") or {}
-        check(f"{rep.name} follows the feed again (no error, listening)",
-              feed.get("error") is None and feed.get("listening") is True, json.dumps(feed))
+        def following():
+            feed = rep.ready_json().get("feed") or {}
+            return feed.get("error") is None and feed.get("listening") is True
+        took = wait_until(following, timeout=15, step=0.1)
+        check(f"{rep.name} follows the feed again (no error, listening)"
+              + (f", {time.monotonic() - back_at:.1f} s after Postgres came back" if took is not None else ""),
+              took is not None, json.dumps(rep.ready_json().get("feed")))
     return run
 
 

@@ -448,8 +448,8 @@ pub fn start_background(state: &AppState) -> Background {
                 // Without a follower (one process) nobody needs old change rows: keep the
                 // latest only. A follower compacts for the replicas itself (src/feed.rs).
                 if st.feed().is_none() {
-                    let live_since = crate::auth::now_ms()
-                        - st.config().feed.replica_timeout_secs as i64 * 1000;
+                    let live_since =
+                        crate::auth::now_ms() - st.config().feed.replica_timeout_secs as i64 * 1000;
                     match st.store().feed().compact(live_since).await {
                         Ok(c) if c.changes > 0 => {
                             tracing::debug!(changes = c.changes, "change rows compacted")
