@@ -195,13 +195,10 @@ pub fn refresh(core: &Core) {
     metrics::gauge!("snapshop_ready").set(if core.is_ready() { 1.0 } else { 0.0 });
     // 0 for a single process (its own writes are in its view when they answer), so that one
     // dashboard and one alert fit both.
-    let (lag_ms, pending) = core
-        .feed()
-        .map(|f| f.status())
-        .map_or((0, 0), |s| {
-            metrics::gauge!("snapshop_feed_listening").set(if s.listening { 1.0 } else { 0.0 });
-            (s.lag_ms, s.pending)
-        });
+    let (lag_ms, pending) = core.feed().map(|f| f.status()).map_or((0, 0), |s| {
+        metrics::gauge!("snapshop_feed_listening").set(if s.listening { 1.0 } else { 0.0 });
+        (s.lag_ms, s.pending)
+    });
     metrics::gauge!("snapshop_feed_lag_seconds").set(lag_ms as f64 / 1000.0);
     metrics::gauge!("snapshop_feed_pending_changes").set(pending as f64);
     // Exported from the start (at 0), so that dashboards see the series before the first change.
