@@ -55,12 +55,22 @@ async fn fresh_database(test: &str) -> Option<String> {
 }
 
 async fn replica(url: &str, images: &std::path::Path, name: &str) -> TestApp {
+    replica_with(url, images, name, |_| {}).await
+}
+
+async fn replica_with(
+    url: &str,
+    images: &std::path::Path,
+    name: &str,
+    tweak: impl FnOnce(&mut snapshop::config::Config),
+) -> TestApp {
     let (url, images, name) = (url.to_owned(), images.to_owned(), name.to_owned());
     spawn_fake_app_with(new_data_dir(), move |c| {
         c.database_url = Some(url);
         c.storage.images_url = Some(format!("file://{}", images.display()));
         c.feed.replica = Some(name);
         c.feed.poll_ms = 100;
+        tweak(c);
     })
     .await
 }
@@ -161,4 +171,74 @@ async fn drop_database(url: &str) {
         .await
         .unwrap();
     conn.close().await.ok();
+}
+
+/// A write transaction left open on the database holds the feed's horizon back: the other
+/// replica's lag grows past `feed.max_lag_secs` and its `/readyz` turns 503 `not_ready` (searches
+/// still answer, with `index_lag_ms` saying how stale they are); once the transaction ends, the
+/// write is applied and the replica is ready again.
+#[tokio::test]
+async fn a_replica_held_behind_the_feed_is_not_ready_until_it_catches_up() {
+    let test = "a_replica_held_behind_the_feed_is_not_ready_until_it_catches_up";
+    let Some(url) = fresh_database(test).await else {
+        return;
+    };
+    let images = tempfile::tempdir().unwrap();
+    let a = replica(&url, images.path(), "a").await;
+    let b = replica_with(&url, images.path(), "b", |c| c.feed.max_lag_secs = 1).await;
+    let photos = fixture_photos(1);
+    b.readyz().await.assert_status(200);
+
+    // An open transaction with a transaction id, older than the write below.
+    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let mut holder = options.connect().await.unwrap();
+    holder.execute("BEGIN").await.unwrap();
+    holder.execute("SELECT pg_current_xact_id()").await.unwrap();
+    a.create_product(
+        "acme",
+        &json!({"id": "late", "title": "late", "tags": ["run:late"]}),
+        &photos,
+    )
+    .await
+    .assert_status(201);
+
+    let started = Instant::now();
+    loop {
+        let r = b.readyz().await;
+        if r.status == 503 {
+            assert_eq!(r.json["error"]["code"], "not_ready", "{}", r.json);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "B stayed ready while held behind the feed: {}",
+            r.json
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = b
+        .search(&photos[0], "k=5&filter=run:late")
+        .await
+        .assert_status(200);
+    assert!(
+        r.json["index_lag_ms"].as_i64().unwrap() > 1000,
+        "{}",
+        r.json
+    );
+    assert_eq!(r.json["results"], json!([]), "not applied yet");
+
+    holder.execute("ROLLBACK").await.unwrap();
+    holder.close().await.ok();
+    until_found(&b, &photos[0], "run:late", &["late"]).await;
+    let started = Instant::now();
+    while b.readyz().await.status != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "B never ready again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+    drop_database(&url).await;
 }
