@@ -399,6 +399,19 @@ fn ingest_error(line: u64, id: &str, e: &IngestError) -> JobRowError {
     row_error(line, id, code, message)
 }
 
+/// How long a product waits for the store or the image storage to answer again before its row
+/// is recorded as failed (503 codes); retried every [`OUTAGE_RETRY`].
+const OUTAGE_WAIT: Duration = Duration::from_secs(60);
+const OUTAGE_RETRY: Duration = Duration::from_millis(500);
+
+/// Whether `e` is the store or the image storage being out of reach (worth waiting for).
+fn is_unavailable(e: &IngestError) -> bool {
+    matches!(
+        e.code(),
+        ErrorCode::StoreUnavailable | ErrorCode::ImageStorageUnavailable
+    )
+}
+
 fn is_image_error(e: &IngestError) -> bool {
     matches!(
         e.code(),
@@ -443,7 +456,10 @@ async fn import_product(
     };
     let mut written = 0;
     let mut last_error = None;
-    for _ in 0..ROUNDS {
+    let mut outage: Option<Instant> = None;
+    let mut round = 0;
+    while round < ROUNDS {
+        round += 1;
         let step = match core.store().get_product(merchant.as_str(), &p.id).await {
             Err(StoreError::ProductNotFound { .. }) => {
                 create(
@@ -485,6 +501,17 @@ async fn import_product(
             Err(IngestError::Store(
                 e @ (StoreError::VersionConflict { .. } | StoreError::ProductExists { .. }),
             )) => last_error = Some(IngestError::Store(e)),
+            // The database or the image storage does not answer: wait for it (a while, and not
+            // past a shutdown) rather than record the row as failed.
+            Err(e)
+                if is_unavailable(&e)
+                    && core.is_ready()
+                    && outage.get_or_insert_with(Instant::now).elapsed() < OUTAGE_WAIT =>
+            {
+                round -= 1;
+                last_error = Some(e);
+                tokio::time::sleep(OUTAGE_RETRY).await;
+            }
             Err(e) => {
                 last_error = Some(e);
                 break;
