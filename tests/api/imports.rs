@@ -606,3 +606,44 @@ async fn a_job_left_running_resumes_from_its_saved_progress_at_the_next_start() 
         app.get_product(MERCHANT, &p.id).await.assert_status(200);
     }
 }
+
+/// The image storage stops answering while a job runs and comes back a moment later: the
+/// products wait for it instead of being recorded as failed, and every row is imported.
+#[tokio::test]
+async fn a_job_waits_out_a_short_image_storage_outage() {
+    let shared = tempfile::tempdir().unwrap();
+    let images = shared.path().join("images");
+    let url = format!("file://{}", images.display());
+    let app = spawn_fake_app_with(new_data_dir(), |c| {
+        c.import.root = Some(subset_dir());
+        c.storage.images_url = Some(url);
+    })
+    .await;
+    let key = create_key(&app, &json!({"kind": "merchant", "merchant": MERCHANT})).await;
+    // The storage breaks before the job starts: its directory becomes a plain file.
+    std::fs::remove_dir_all(&images).unwrap();
+    std::fs::write(&images, b"not a directory").unwrap();
+    let ps = products(3);
+    let job = submit(&app, &key, &csv_of(&ps), "text/csv", "").await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    // Until a product has met the outage and waits: the job is running, nothing created.
+    let start = Instant::now();
+    loop {
+        let job = get_job(&app, &key, &id).await;
+        assert_eq!(count(&job, "created"), 0, "{job}");
+        assert_eq!(job["errors"], json!([]), "no row failed meanwhile: {job}");
+        if job["status"] == "running" && start.elapsed() > Duration::from_millis(1500) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The storage comes back.
+    std::fs::remove_file(&images).unwrap();
+    std::fs::create_dir_all(&images).unwrap();
+    let done = finished(&app, &key, &id).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(count(&done, "created"), 3, "{done}");
+    assert_eq!(done["errors"], json!([]), "{done}");
+    app.stop().await;
+}
