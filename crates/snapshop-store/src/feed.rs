@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 
-use crate::{assemble, ProductState, Result};
+use crate::{ProductState, Result};
 
 /// What a change row says happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,14 +237,6 @@ pub(crate) fn next_cursor(
 /// A SQL `LIMIT` for `limit` (at least 1).
 pub(crate) fn limit_of(limit: usize) -> i64 {
     i64::try_from(limit.max(1)).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn states(
-    products: Vec<assemble::ProductRow>,
-    tags: Vec<(i64, String)>,
-    embeddings: Vec<assemble::EmbeddingRow>,
-) -> Result<Vec<ProductState>> {
-    assemble::states(products, tags, embeddings)
 }
 
 pub(crate) fn replica_from_row(row: (String, i64, i64, String, i64)) -> Replica {

@@ -1097,7 +1097,7 @@ impl FeedStore for PostgresStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        feed::states(products, tags, embeddings)
+        assemble::states(products, tags, embeddings)
     }
 
     async fn checkin(&self, c: Checkin<'_>) -> Result<()> {

@@ -1005,7 +1005,7 @@ impl FeedStore for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        feed::states(products, tags, embeddings)
+        assemble::states(products, tags, embeddings)
     }
 
     async fn checkin(&self, c: Checkin<'_>) -> Result<()> {
