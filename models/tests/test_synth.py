@@ -176,3 +176,19 @@ def test_cli_knob_override(tmp_path):
     assert st["splits"]["test"]["distractor_products"] == 0
     with pytest.raises(SystemExit):
         synth.main(["--out", str(out), "--knob", "nonsense=1"])
+
+
+def test_hard_preset_keeps_the_train_split_and_adds_look_alike_distractors(tiny, tmp_path):
+    hard = tmp_path / "hard"
+    assert synth.main(["--out", str(hard), "--seed", "0", "--scale", str(SCALE), "--preset", "hard"]) == 0
+    st, st1 = (json.loads((d / "stats.json").read_text()) for d in (hard, tiny))
+    assert st["knobs"]["distractors_per_query"] == synth.PRESETS["hard"]["distractors_per_query"]
+    assert "--knob distractors_per_query=" in st["command"]  # the command reproduces it
+    # train products come first and no hard knob touches them: the same rows, the same bytes
+    train = {k: v for k, v in _files(hard).items() if k.startswith("images/train/")}
+    assert train and train == {k: v for k, v in _files(tiny).items() if k.startswith("images/train/")}
+    rows = lambda d: [ln for ln in (d / "manifest.csv").read_text().splitlines() if ",train," in ln]  # noqa: E731
+    assert rows(hard) == rows(tiny)
+    for split in ("val", "test"):
+        assert st["splits"][split]["distractor_products"] > 3 * st1["splits"][split]["distractor_products"]
+    test_distractors_look_like_queries(hard)
