@@ -292,7 +292,9 @@ def write_golden(onnx: OnnxBundle, street: list[Path], shop: list[tuple[Path, tu
 
 
 def write_manifest(out: Path, model: YNet, vocab: list[str], model_version: str, evaluation: dict, training: dict,
-                   parity_diffs: dict) -> dict:
+                   parity_diffs: dict, rerank: dict | None = None) -> dict:
+    """`rerank` is the manifest's re-rank block (`snapshop_ml.rerank` adds `default` and `fusion`);
+    None means the paper's re-rank of the top 256 by the CtxYNet score alone."""
     cfg = model.cfg
     files = {}
     for p in sorted(out.rglob("*")):
@@ -311,7 +313,7 @@ def write_manifest(out: Path, model: YNet, vocab: list[str], model_version: str,
         "tags": {"count": len(vocab), "vocabulary": vocab},
         "graphs": graph_specs(cfg),
         "metric": "cosine",
-        "rerank": {"candidates": 256},
+        "rerank": rerank or {"candidates": 256},
         "evaluation": evaluation,
         "training": training,
         "parity": {"max_abs_diff": parity_diffs, "tolerance": PARITY_TOLERANCE},

@@ -98,7 +98,8 @@ def plot_attention(onnx: OnnxBundle, pairs: list[tuple[Path, Path, tuple[str, ..
     plt.close(fig)
 
 
-def results_markdown(summary: dict, bundle_manifest: dict, command: str, wall_s: float) -> str:
+def results_markdown(summary: dict, bundle_manifest: dict, command: str, wall_s: float,
+                     rows_eval: dict | None = None) -> str:
     res = summary["results"]
     lines = [
         "# Results: street-to-shop retrieval on the project's benchmark",
@@ -130,4 +131,95 @@ def results_markdown(summary: dict, bundle_manifest: dict, command: str, wall_s:
     for key, label, pk in table_rows(res, "val"):
         lines.append(f"| {label} | " + " | ".join(f"{pk[str(k)]:.3f}" for k in KS) + " |")
     lines += ["", "![P@K](img/pk_test.png)", "", "![attention](img/attention.png)", ""]
+    lines += rerank_stage_markdown(bundle_manifest)
+    if rows_eval:
+        lines += rows_eval_markdown(rows_eval)
     return "\n".join(lines)
+
+
+def _pk_table(rows: dict[str, dict], ks=(1, 5, 10, 20)) -> list[str]:
+    out = ["| row | " + " | ".join(f"P@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for name, pk in rows.items():
+        out.append(f"| {name} | " + " | ".join(f"{pk[str(k)]:.3f}" for k in ks) + " |")
+    return out
+
+
+def rerank_stage_markdown(bundle_manifest: dict) -> list[str]:
+    """The re-rank stage's tables (`snapshop_ml.rerank`, in the manifest's evaluation)."""
+    ev = bundle_manifest.get("evaluation", {})
+    st, shipped = ev.get("rerank_stage"), ev.get("shipped")
+    if not st or not shipped:
+        return []
+    rr = bundle_manifest.get("rerank", {})
+    f = st["fusion"]
+    lines = [
+        "## The re-rank stage: subnetwork V on mined candidate lists, score fusion, the default",
+        "",
+        f"Command: `{st['command']}`. It keeps shop.onnx and user.onnx, mines the top 256 first-pass",
+        "images of every train street photo, retrains subnetwork V on those lists from zero, fits",
+        "`a·first_pass + b·ctx` on validation, and lets the re-rank be the default only if it beats",
+        "the first pass there (models/snapshop_ml/rerank.py).",
+        "",
+        f"- Shipped: the {'retrained' if f.get('v') == 'new' else 'bundle' + chr(39) + 's own'} V, fusion "
+        f"{rr.get('fusion')}, **re-rank by default: {rr.get('default', True)}** ({st['default']['why']}).",
+        f"- Loss: {st['head_config']['loss']}; benchmarks: "
+        + ", ".join(f"{n} (`{b['manifest']}`)" for n, b in shipped["benchmarks"].items()) + ".",
+        "",
+    ]
+    for name, splits in st["rows"].items():
+        for split in ("test", "val"):
+            if split in splits:
+                lines += [f"**{name}, {split} split**", ""] + _pk_table(splits[split]) + [""]
+    return lines
+
+
+def rows_eval_markdown(rows_eval: dict) -> list[str]:
+    """Every trained row on other benchmarks (`snapshop_ml.evaluate_rows`)."""
+    lines = ["## Every row on every benchmark", "",
+             f"From `snapshop_ml.evaluate_rows` on the checkpoints of `{rows_eval['run']}` ({rows_eval['machine']}; "
+             f"{rows_eval['wall_time_s']:.0f} s). torch with the float16 stem cache, as the pipeline's own table; CtxYNet "
+             "rows re-rank with the score alone.", ""]
+    for name, b in rows_eval["benchmarks"].items():
+        if "test" not in b["sizes"]:
+            continue
+        sz = b["sizes"]["test"]
+        rows = {ROW_LABELS.get(k, f"({k}, no re-rank)"): v["test"] for k, v in b["rows"].items() if "test" in v}
+        lines += [f"**{name}** (`{b['manifest']}`), test: {sz['queries']} queries, {sz['gallery_images']} images of "
+                  f"{sz['gallery_products']} products", ""] + _pk_table(rows, KS) + [""]
+    return lines
+
+
+def summary_from_manifest(manifest: dict) -> dict:
+    """The parts of a training summary that results_markdown needs, read back from a bundle."""
+    ev, tr = manifest["evaluation"], manifest["training"]
+    return {"results": ev["rows"], "shipped_chain": ev["shipped_chain"], "machine": tr["machine"],
+            "timings": tr.get("stage_timings_s", {})}
+
+
+def main(argv=None) -> int:
+    """Rewrite docs/results.md from a bundle (and, optionally, an evaluate_rows report) without
+    retraining: `python -m snapshop_ml.report --bundle default --rows runs/full/rows-eval.json`."""
+    import argparse
+    import sys
+
+    here = Path(__file__).resolve().parent.parent
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--bundle", default=str(here / "default"))
+    ap.add_argument("--rows", default=None, help="snapshop_ml.evaluate_rows JSON report")
+    ap.add_argument("--out", default=str(here.parent / "docs/results.md"))
+    args = ap.parse_args(argv)
+    try:
+        manifest = json.loads((Path(args.bundle) / "manifest.json").read_text())
+        rows = json.loads(Path(args.rows).read_text()) if args.rows else None
+        text = results_markdown(summary_from_manifest(manifest), manifest, manifest["training"]["command"],
+                                manifest["training"]["wall_time_s"], rows)
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    Path(args.out).write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

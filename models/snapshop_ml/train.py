@@ -228,6 +228,13 @@ def machine_description() -> str:
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), torch {torch.__version__}"
 
 
+def save_row(model: YNet, net_cfg: NetConfig, vocab: list[str], path: Path) -> None:
+    """One row's model (YNet, each chain's TagYNet and CtxYNet), so that every row of the results
+    table can be evaluated later on another benchmark (`snapshop_ml.evaluate_rows`)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "net": net_cfg.to_dict(), "vocabulary": vocab}, path)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run the three stages (two chains) and return the results table; writes <out>/final.pt."""
     out = Path(cfg.out)
@@ -276,6 +283,7 @@ def train(cfg: TrainConfig) -> dict:
     train_ynet(ynet, stem, sampler, cfg, "random")
     timings["ynet_s"] = round(time.time() - t0, 1)
     record("ynet", "test", evaluate_model(ynet, sets["test"], stem, False, None, rerank=False)["first_pass"])
+    save_row(ynet, net_cfg, vocab, out / "ynet.pt")
 
     shared = derived_cache(stem, ynet.shared[FROZEN_STEM_BLOCKS:])
     chains = {}
@@ -291,6 +299,8 @@ def train(cfg: TrainConfig) -> dict:
             record(f"ctxynet{suffix}", split, pk["rerank"])
             record(f"ctxynet{suffix} first pass", split, pk["first_pass"])
         chains[mode] = (tag, ctx)
+        save_row(tag, net_cfg, vocab, out / f"tagynet-{mode}.pt")
+        save_row(ctx, net_cfg, vocab, out / f"ctxynet-{mode}.pt")
         timings[f"chain_{mode}_s"] = round(time.time() - t0, 1)
 
     best = max(("random", "hard"), key=lambda m: (results[f"ctxynet{'' if m == 'random' else '+batch-hard'}"]["val"]["20"], m == "random"))

@@ -29,9 +29,23 @@ def test_pipeline_end_to_end_on_tiny_data(tmp_path, monkeypatch):
                                                " --run run --steps 1 1 1")
     assert str(tmp_path) not in json.dumps(manifest)
     # A non-default bundle keeps its report and parity subset in the run directory.
-    assert (tmp_path / "run" / "docs" / "results.md").is_file()
+    results_md = (tmp_path / "run" / "docs" / "results.md").read_text()
+    assert "## The re-rank stage" in results_md and "re-rank by default:" in results_md
+    # and the same document comes back from the bundle alone, without retraining
+    from snapshop_ml import report
+    assert report.main(["--bundle", str(out), "--out", str(tmp_path / "again.md")]) == 0
+    assert (tmp_path / "again.md").read_text() == results_md
     expected = json.loads((tmp_path / "run" / "subset" / "expected.json").read_text())
     assert expected["queries"] > 0 and 0.0 <= expected["rerank"]["20"] <= 1.0
+    # The re-rank stage ran: the manifest says whether the re-rank is on by default and how its
+    # score is fused, the parity subset was computed with that fusion, and eval.json has the
+    # shipped figures of the benchmark it saw (the real-photo one is absent here).
+    assert set(manifest["rerank"]) == {"candidates", "default", "fusion"}
+    assert manifest["rerank"]["fusion"]["ctx"] > 0 and expected["fusion"] == manifest["rerank"]["fusion"]
+    shipped = json.loads((out / "eval.json").read_text())["shipped"]["benchmarks"]
+    assert list(shipped) == ["synthetic"] and shipped["synthetic"]["manifest"] == "street2shop/manifest.csv"
+    assert set(shipped["synthetic"]["rerank"]["test"]) == {"1", "5", "10", "20", "50", "100"}
+    assert manifest["training"]["rerank_stage"]["benchmarks"] == {"synthetic": "street2shop/manifest.csv"}
 
 
 def test_deepfashion_layout_reaches_training(tmp_path, capsys, request):
