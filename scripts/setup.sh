@@ -11,11 +11,13 @@
 # With --observability (as scripts/test.sh asks), also Debian's prometheus package, for the
 # promtool that scripts/check-observability.sh checks the Prometheus config, the alert rules and a
 # live /metrics with.
+# With --baseline, also the FastAPI + onnxruntime + hnswlib baseline's own venv `.venv-baseline`
+# (benches/baseline/requirements.txt, pinned), which scripts/sidebyside.py runs it from.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
-build=1 browser_test=0 postgres_test=0 schemathesis=0 observability=0
+build=1 browser_test=0 postgres_test=0 schemathesis=0 observability=0 baseline=0
 for arg in "$@"; do
   case "$arg" in
     --no-build) build=0 ;;
@@ -23,7 +25,8 @@ for arg in "$@"; do
     --postgres-test) postgres_test=1 ;;
     --schemathesis) schemathesis=1 ;;
     --observability) observability=1 ;;
-    *) echo "setup: unknown option $arg (known: --no-build, --browser-test, --postgres-test, --schemathesis, --observability)" >&2; exit 2 ;;
+    --baseline) baseline=1 ;;
+    *) echo "setup: unknown option $arg (known: --no-build, --browser-test, --postgres-test, --schemathesis, --observability, --baseline)" >&2; exit 2 ;;
   esac
 done
 
@@ -62,6 +65,21 @@ if [ "$schemathesis" = 1 ]; then
     echo "setup: installing the pinned schemathesis"
     .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-schemathesis.txt
     echo "$want_st" > "$st_stamp"
+  fi
+fi
+
+if [ "$baseline" = 1 ]; then
+  if [ ! -x .venv-baseline/bin/python ]; then
+    echo "setup: creating .venv-baseline (the FastAPI baseline of scripts/sidebyside.py)"
+    "$PY" -m venv .venv-baseline
+  fi
+  bl_stamp=".venv-baseline/.snapshop-requirements"
+  want_bl="$(sha256sum benches/baseline/requirements.txt | cut -d' ' -f1)"
+  if [ "$(cat "$bl_stamp" 2>/dev/null)" != "$want_bl" ]; then
+    # hnswlib ships only a source distribution: pip builds it (g++, a minute or two).
+    echo "setup: installing the baseline's pinned packages (benches/baseline/requirements.txt)"
+    .venv-baseline/bin/pip install --quiet --disable-pip-version-check -r benches/baseline/requirements.txt
+    echo "$want_bl" > "$bl_stamp"
   fi
 fi
 
