@@ -334,6 +334,40 @@ pub async fn run(state: &AppState, opts: &EvalOptions) -> anyhow::Result<EvalRep
     })
 }
 
+/// The pipeline's first-pass and re-rank P@K rows for `split` of the benchmark at `manifest`
+/// (`Value::Null` when the bundle's evaluation has none).
+///
+/// `eval.json`'s `shipped.benchmarks` (written by `snapshop_ml.rerank`) names each benchmark's
+/// manifest relative to the repository; it matches when `manifest` ends with that path. Older
+/// bundles only have the synthetic benchmark's rows of the shipped chain.
+pub fn pipeline_rows(
+    pipeline: &serde_json::Value,
+    manifest: &str,
+    split: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    let normalised = manifest.replace('\\', "/");
+    if let Some(benchmarks) = pipeline["shipped"]["benchmarks"].as_object() {
+        for b in benchmarks.values() {
+            let Some(path) = b["manifest"].as_str() else {
+                continue;
+            };
+            if normalised == path || normalised.ends_with(&format!("/{path}")) {
+                return (b["first_pass"][split].clone(), b["rerank"][split].clone());
+            }
+        }
+        return (serde_json::Value::Null, serde_json::Value::Null);
+    }
+    let rows = &pipeline["rows"];
+    let chain = match pipeline["shipped_chain"].as_str() {
+        Some("hard") => "ctxynet+batch-hard",
+        _ => "ctxynet",
+    };
+    (
+        rows[format!("{chain} first pass").as_str()][split].clone(),
+        rows[chain][split].clone(),
+    )
+}
+
 /// The report as a text table.
 pub fn table(r: &EvalReport) -> String {
     let mut s = format!(
@@ -355,21 +389,13 @@ pub fn table(r: &EvalReport) -> String {
         }
         s.push('\n');
     }
-    // The pipeline's own figures for the same split and the chain the bundle ships, when the
-    // manifest carries them.
-    let rows = &r.pipeline["rows"];
-    let chain = match r.pipeline["shipped_chain"].as_str() {
-        Some("hard") => "ctxynet+batch-hard",
-        _ => "ctxynet",
-    };
-    let first_pass_row = format!("{chain} first pass");
+    // The pipeline's own figures for the same benchmark and split, when the manifest carries
+    // them: the `shipped` rows of the benchmark whose manifest this is (what the service should
+    // return, re-rank fused as the manifest says), else the chain the bundle ships.
+    let (first_pass_row, rerank_row) = pipeline_rows(&r.pipeline, &r.manifest, &r.split);
     for (name, row, ours) in [
-        (
-            "pipeline 1st",
-            &rows[first_pass_row.as_str()][&r.split],
-            &r.first_pass,
-        ),
-        ("pipeline rr", &rows[chain][&r.split], &r.rerank),
+        ("pipeline 1st", &first_pass_row, &r.first_pass),
+        ("pipeline rr", &rerank_row, &r.rerank),
     ] {
         if !row.is_object() {
             continue;
@@ -438,5 +464,40 @@ mod tests {
             Path::new(".")
         )
         .is_err());
+    }
+
+    #[test]
+    fn pipeline_rows_pick_the_benchmark_of_the_manifest_evaluated() {
+        let shipped = serde_json::json!({
+            "rows": {"ctxynet+batch-hard": {"test": {"1": 0.1}},
+                     "ctxynet+batch-hard first pass": {"test": {"1": 0.2}}},
+            "shipped_chain": "hard",
+            "shipped": {"benchmarks": {
+                "synthetic": {"manifest": "data/street2shop/manifest.csv",
+                              "first_pass": {"test": {"1": 0.3}}, "rerank": {"test": {"1": 0.4}}},
+                "real": {"manifest": "data/realphoto/manifest.csv",
+                         "first_pass": {"test": {"1": 0.5}}, "rerank": {"test": {"1": 0.6}}}
+            }}
+        });
+        for (manifest, first, rr) in [
+            ("data/realphoto/manifest.csv", 0.5, 0.6),
+            ("/home/me/snapshop/data/realphoto/manifest.csv", 0.5, 0.6),
+            ("../data/street2shop/manifest.csv", 0.3, 0.4),
+        ] {
+            let (f, r) = pipeline_rows(&shipped, manifest, "test");
+            assert_eq!(
+                (f["1"].as_f64(), r["1"].as_f64()),
+                (Some(first), Some(rr)),
+                "{manifest}"
+            );
+        }
+        // a benchmark the pipeline never saw: nothing to compare with
+        let (f, r) = pipeline_rows(&shipped, "data/other/manifest.csv", "test");
+        assert!(f.is_null() && r.is_null());
+        // no `shipped` block (older bundles): the shipped chain's rows
+        let mut old = shipped.clone();
+        old.as_object_mut().unwrap().remove("shipped");
+        let (f, r) = pipeline_rows(&old, "anything.csv", "test");
+        assert_eq!((f["1"].as_f64(), r["1"].as_f64()), (Some(0.2), Some(0.1)));
     }
 }

@@ -42,6 +42,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -452,6 +453,17 @@ def rel(p: Path, root: Path | None = None) -> str:
         return str(p)
 
 
+def from_models(arg: str) -> str:
+    """A command-line argument as typed from `models/` (the recorded command starts with
+    `cd models`): paths, also in NAME=PATH, become relative to models/."""
+    name, sep, value = arg.partition("=")
+    target = value if sep and not arg.startswith("-") else arg
+    if not Path(target).exists():
+        return arg
+    relative = os.path.relpath(Path(target).resolve(), HERE)
+    return f"{name}={relative}" if target is value else relative
+
+
 def table(rows: dict[str, dict[str, float]]) -> str:
     lines = ["| row | " + " | ".join(f"P@{k}" for k in KS) + " |", "|---" * (len(KS) + 1) + "|"]
     for name, r in rows.items():
@@ -629,7 +641,7 @@ def main(argv=None) -> int:
             print(f"error: {name} benchmark manifest not found: {m}", file=sys.stderr)
             return 2
     command = "cd models && ../.venv/bin/python -m snapshop_ml.rerank " + " ".join(
-        a if not Path(a).exists() else rel(Path(a)) for a in (argv if argv is not None else sys.argv[1:]))
+        from_models(a) for a in (argv if argv is not None else sys.argv[1:]))
     cfg = HeadConfig(loss=args.loss, epochs=args.epochs, lr=args.lr, seed=args.seed)
     try:
         report = run(Path(args.bundle), benchmarks, cfg, args.write, Path(args.out),

@@ -442,7 +442,10 @@ pub async fn search_prepared(
     record_stage("ann", timings.ann);
 
     let mut reranked = false;
-    if opts.rerank.unwrap_or(model.rerank_by_default()) && !candidates.is_empty() {
+    let rerank = opts.rerank.unwrap_or(model.rerank_by_default());
+    // `explain` needs CtxYNet's attention, which only the context graph computes: it runs the
+    // graph even when the re-rank is off, but then leaves the first-pass order and scores alone.
+    if (rerank || opts.explain) && !candidates.is_empty() {
         let t = Instant::now();
         let keys: Vec<Key> = candidates.iter().map(|c| c.key).collect();
         let view = serving.view.clone();
@@ -472,13 +475,15 @@ pub async fn search_prepared(
             }
             let fusion = model.fusion();
             for (i, c) in candidates.iter_mut().enumerate() {
-                c.rerank_score =
-                    Some(fusion.first_pass * c.first_pass_score + fusion.ctx * out.scores[i]);
+                if rerank {
+                    c.rerank_score =
+                        Some(fusion.first_pass * c.first_pass_score + fusion.ctx * out.scores[i]);
+                }
                 if opts.explain {
                     c.attention = Some(out.attention.row(i).to_vec());
                 }
             }
-            reranked = true;
+            reranked = rerank;
         }
         timings.rerank = ms(t);
         record_stage("rerank", timings.rerank);

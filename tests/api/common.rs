@@ -826,6 +826,16 @@ pub async fn spawn_seeded_app() -> (TestApp, Catalogue) {
 
 /// Whether the bundle is a trained one (the preliminary bundle's eval.json has no figures), so
 /// that retrieval quality can be asserted.
+/// Whether the shipped bundle re-ranks searches that do not say (`manifest.rerank.default`,
+/// absent meaning `true`).
+pub fn shipped_rerank_default() -> bool {
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(root().join("models/default/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    manifest["rerank"]["default"].as_bool().unwrap_or(true)
+}
+
 pub fn trained_bundle() -> bool {
     let manifest: Value = serde_json::from_slice(
         &std::fs::read(root().join("models/default/manifest.json")).unwrap(),

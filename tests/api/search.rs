@@ -41,7 +41,7 @@ async fn street_photos_find_their_products() {
             assert!(v >= 0.0, "{h}");
         }
         let body = r.json;
-        assert_eq!(body["reranked"], true);
+        assert_eq!(body["reranked"], shipped_rerank_default());
         let found = ids(&body);
         assert!(found.len() <= 5);
         assert_eq!(
@@ -114,6 +114,32 @@ async fn explain_gives_attention_over_the_query_grid() {
     assert_eq!(weights.len() as u64, h * w);
     let sum: f64 = weights.iter().map(|v| v.as_f64().unwrap()).sum();
     assert!((sum - 1.0).abs() < 1e-3, "{sum}");
+}
+
+/// Explain with the re-rank off: the attention comes back, and the results are exactly the
+/// first pass's (explaining never changes what is found).
+#[tokio::test]
+async fn explain_without_the_rerank_keeps_the_first_pass_results() {
+    let (app, cat) = catalogue_app().await;
+    let photo = cat.query_photo();
+    let plain = app
+        .search(&photo, "k=5&rerank=false")
+        .await
+        .assert_status(200)
+        .json;
+    let explained = app
+        .search(&photo, "k=5&rerank=false&explain=true")
+        .await
+        .assert_status(200)
+        .json;
+    assert_eq!(explained["reranked"], false);
+    assert_eq!(scored(&plain), scored(&explained));
+    for r in results(&explained) {
+        assert_eq!(r["score"], r["first_pass_score"]);
+        let weights = r["attention"]["weights"].as_array().unwrap();
+        let sum: f64 = weights.iter().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-3, "{sum}");
+    }
 }
 
 /// Image grouping returns shop images, possibly several of one product.
