@@ -52,7 +52,10 @@ def rel(p: Path) -> str:
         return str(p)
 
 
-def evaluate_benchmark(run: Path, manifest: Path, splits, cache_dir: Path | None) -> dict:
+def evaluate_benchmark(run: Path, manifest: Path, splits, cache_dir: Path | None,
+                       input_size: int | None = None) -> dict:
+    """Every row whose checkpoint is in `run`, plus the pretrained row; with no checkpoint at
+    all, only the pretrained row at `input_size` (an error without one)."""
     ds = load_dataset(manifest)
     sets = {s: EvalSet.from_records(ds.subset(s, "user"), ds.subset(s, "shop")) for s in splits}
     sets = {s: es for s, es in sets.items() if es.query_paths and es.gallery_paths}
@@ -62,9 +65,9 @@ def evaluate_benchmark(run: Path, manifest: Path, splits, cache_dir: Path | None
             models[name] = load_checkpoint(run / file)
         else:
             log.warning("%s: no checkpoint %s, row skipped", name, run / file)
-    if not models:
+    if not models and input_size is None:
         raise ExportError(f"{run}: no row checkpoints (train with snapshop_ml.train first)")
-    size = next(iter(models.values()))[0].cfg.input_size
+    size = next(iter(models.values()))[0].cfg.input_size if models else input_size
     paths = [p for es in sets.values() for p in es.query_paths + es.gallery_paths]
     stem = stem_cache(paths, size, cache_dir)
     rows: dict[str, dict] = {}
@@ -98,6 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run", default=str(HERE / "runs/default"), help="run directory with the row checkpoints")
     ap.add_argument("--data", action="append", required=True, help="benchmark manifest (repeatable)")
     ap.add_argument("--splits", nargs="*", default=["val", "test"])
+    ap.add_argument("--input-size", type=int, default=None,
+                    help="with no checkpoints in --run: the pretrained row alone at this size")
     ap.add_argument("--cache-dir", default=str(HERE / ".cache"))
     ap.add_argument("--out", default=None, help="default <run>/rows-eval.json")
     args = ap.parse_args(argv)
@@ -108,8 +113,8 @@ def main(argv=None) -> int:
     try:
         for d in args.data:
             m = Path(d) / "manifest.csv" if Path(d).is_dir() else Path(d)
-            report["benchmarks"][m.parent.name] = evaluate_benchmark(run, m, args.splits,
-                                                                     Path(args.cache_dir) if args.cache_dir else None)
+            report["benchmarks"][m.parent.name] = evaluate_benchmark(
+                run, m, args.splits, Path(args.cache_dir) if args.cache_dir else None, args.input_size)
     except (OSError, ValueError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -258,12 +258,15 @@ def main(argv=None) -> int:
         plot_pk(summary["results"], docs / "img/pk_test.png")
         pairs = [(s, p, t) for s, (p, t) in zip(*pick_fixtures(ds, 4))]
         plot_attention(onnx, pairs, docs / "img/attention.png", model.cfg.grid, model, vocab)
+        rows_eval = other_benchmark_rows(run, data, {**fit, **also})
+        if rows_eval:
+            evaluation["other_benchmarks"] = rows_eval
+            (bundle / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
         wall = time.time() - t0
         training["wall_time_s"] = round(wall, 1)
         manifest = write_manifest(bundle, model, vocab, manifest["model_version"], evaluation, training,
                                   manifest["parity"]["max_abs_diff"], rerank=manifest.get("rerank"))
-        rows_eval = other_benchmark_rows(run, data, {**fit, **also})
-        (docs / "results.md").write_text(results_markdown(summary, manifest, command, training["wall_time_s"], rows_eval))
+        (docs / "results.md").write_text(results_markdown(summary, manifest, command, training["wall_time_s"]))
         log.info("pipeline done in %.1f min: bundle %s", wall / 60, manifest["model_version"])
     except (TrainingError, ExportError, ValueError, FileNotFoundError, RuntimeError) as exc:
         log.error("pipeline failed: %s", exc)

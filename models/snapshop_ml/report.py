@@ -132,6 +132,7 @@ def results_markdown(summary: dict, bundle_manifest: dict, command: str, wall_s:
         lines.append(f"| {label} | " + " | ".join(f"{pk[str(k)]:.3f}" for k in KS) + " |")
     lines += ["", "![P@K](img/pk_test.png)", "", "![attention](img/attention.png)", ""]
     lines += rerank_stage_markdown(bundle_manifest)
+    rows_eval = rows_eval or bundle_manifest.get("evaluation", {}).get("other_benchmarks")
     if rows_eval:
         lines += rows_eval_markdown(rows_eval)
     return "\n".join(lines)
@@ -178,7 +179,13 @@ def rows_eval_markdown(rows_eval: dict) -> list[str]:
     lines = ["## Every row on every benchmark", "",
              f"From `snapshop_ml.evaluate_rows` on the checkpoints of `{rows_eval['run']}` ({rows_eval['machine']}; "
              f"{rows_eval['wall_time_s']:.0f} s). torch with the float16 stem cache, as the pipeline's own table; CtxYNet "
-             "rows re-rank with the score alone.", ""]
+             "rows re-rank with the score alone. The shipped bundle's own first pass and re-rank on these benchmarks "
+             "are in the re-rank stage's tables above."]
+    if rows_eval.get("command"):
+        lines += ["", f"Command: `{rows_eval['command']}`."]
+    if rows_eval.get("note"):
+        lines += ["", f"Note: {rows_eval['note']}."]
+    lines.append("")
     for name, b in rows_eval["benchmarks"].items():
         if "test" not in b["sizes"]:
             continue
@@ -205,7 +212,8 @@ def main(argv=None) -> int:
     here = Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--bundle", default=str(here / "default"))
-    ap.add_argument("--rows", default=None, help="snapshop_ml.evaluate_rows JSON report")
+    ap.add_argument("--rows", default=None,
+                    help="snapshop_ml.evaluate_rows JSON report (default: the bundle's eval.json other_benchmarks)")
     ap.add_argument("--out", default=str(here.parent / "docs/results.md"))
     args = ap.parse_args(argv)
     try:

@@ -46,6 +46,12 @@ def test_pipeline_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     assert list(shipped) == ["synthetic"] and shipped["synthetic"]["manifest"] == "street2shop/manifest.csv"
     assert set(shipped["synthetic"]["rerank"]["test"]) == {"1", "5", "10", "20", "50", "100"}
     assert manifest["training"]["rerank_stage"]["benchmarks"] == {"synthetic": "street2shop/manifest.csv"}
+    # Every row's checkpoint is kept, so every row can be measured on another benchmark later.
+    from snapshop_ml import evaluate_rows
+    again = evaluate_rows.evaluate_benchmark(tmp_path / "run", data, ("test",), None)
+    assert {"pretrained", "ynet", "tagynet", "ctxynet", "ctxynet first pass", "tagynet+batch-hard",
+            "ctxynet+batch-hard", "ctxynet+batch-hard first pass"} == set(again["rows"])
+    assert all(0.0 <= v <= 1.0 for r in again["rows"].values() for v in r["test"].values())
 
 
 def test_deepfashion_layout_reaches_training(tmp_path, capsys, request):
