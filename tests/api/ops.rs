@@ -47,7 +47,9 @@ const METRICS_AFTER_USE: [&str; 12] = [
 async fn metrics_cover_search_stages_requests_index_inference_and_errors() {
     let (app, p) = one_product_app().await;
     // The shipped bundle does not re-rank by default: ask, so the re-rank stage is measured.
-    let r = app.search(&p.photo(), "k=5&merchant=acme&rerank=true").await;
+    let r = app
+        .search(&p.photo(), "k=5&merchant=acme&rerank=true")
+        .await;
     r.assert_status(200);
     let r = app.get_product(MERCHANT, "missing").await;
     r.assert_error(404, "product_not_found");
