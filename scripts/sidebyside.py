@@ -52,9 +52,10 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from load import multipart  # scripts/load.py, beside this file: the same upload body
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -146,21 +147,6 @@ def request(host: str, port: int, method: str, path: str, body: bytes | None = N
         return r.status, r.read()
     finally:
         conn.close()
-
-
-def multipart(product: dict, images: list[Path]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="product"\r\n'
-        f"Content-Type: application/json\r\n\r\n{json.dumps(product)}\r\n".encode()
-    ]
-    for img in images:
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{img.name}"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n".encode() + img.read_bytes() + b"\r\n"
-        )
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 class Server:

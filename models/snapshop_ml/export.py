@@ -291,16 +291,18 @@ def write_golden(onnx: OnnxBundle, street: list[Path], shop: list[tuple[Path, tu
     (gdir / "golden.json").write_text(json.dumps(golden))
 
 
+def bundle_files(out: Path) -> dict:
+    """The manifest's `files`: every file of the bundle but manifest.json, with its sha256 and size."""
+    return {p.relative_to(out).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size}
+            for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+
+
 def write_manifest(out: Path, model: YNet, vocab: list[str], model_version: str, evaluation: dict, training: dict,
                    parity_diffs: dict, rerank: dict | None = None) -> dict:
     """`rerank` is the manifest's re-rank block (`snapshop_ml.rerank` adds `default` and `fusion`);
     None means the paper's re-rank of the top 256 by the CtxYNet score alone."""
     cfg = model.cfg
-    files = {}
-    for p in sorted(out.rglob("*")):
-        if p.is_file() and p.name != "manifest.json":
-            rel = p.relative_to(out).as_posix()
-            files[rel] = {"sha256": sha256(p), "bytes": p.stat().st_size}
+    files = bundle_files(out)
     manifest = {
         "format_version": FORMAT_VERSION,
         "model_version": model_version,

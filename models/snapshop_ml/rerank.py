@@ -55,7 +55,7 @@ import torch
 from .data.loaders import load_dataset
 from .evaluate import KS as ALL_KS
 from .evaluate import RERANK_CANDIDATES, EvalSet, p_at_k
-from .export import CtxGraph, OnnxBundle, _export, graph_specs, session, sha256
+from .export import CtxGraph, OnnxBundle, _export, bundle_files, graph_specs, session, sha256
 from .network import NetConfig, YNet, context_attention
 from .preprocess import jpeg_draft_of, preprocess_file
 from .train import machine_description
@@ -342,13 +342,10 @@ def fit_fusion(vals: dict[str, tuple[Split, Candidates, np.ndarray]], grid=FUSIO
 def product_ranks(sp: Split, c: Candidates, scores: np.ndarray) -> np.ndarray:
     """Each query's product rank under `scores` (as p_at_k counts it); a huge number when its
     product is not among the candidates."""
-    keys = keys_of(sp, c, scores)
-    num = int(max(sp.es.query_products.max(initial=0), sp.es.gallery_products.max(initial=0))) + 1
-    prod = np.full((keys.shape[0], num), -np.inf)
-    for g, p in enumerate(sp.es.gallery_products):
-        np.maximum(prod[:, p], keys[:, g], out=prod[:, p])
-    own = prod[np.arange(len(keys)), sp.es.query_products]
-    return np.where(np.isfinite(own), 1 + (prod > own[:, None]).sum(axis=1), np.iinfo(np.int64).max)
+    from .evaluate_real import product_ranks as ranks_of_keys  # 0 = never returned
+
+    ranks = ranks_of_keys(keys_of(sp, c, scores), sp.es)
+    return np.where(ranks > 0, ranks, np.iinfo(np.int64).max)
 
 
 def sign_test(wins: int, losses: int) -> float:
@@ -435,11 +432,7 @@ def rewrite_golden(bundle: Path, onnx_bundle: OnnxBundle, model_version: str) ->
 
 
 def refresh_files(bundle: Path, manifest: dict) -> None:
-    files = {}
-    for p in sorted(bundle.rglob("*")):
-        if p.is_file() and p.name != "manifest.json":
-            files[p.relative_to(bundle).as_posix()] = {"sha256": sha256(p), "bytes": p.stat().st_size}
-    manifest["files"] = files
+    manifest["files"] = bundle_files(bundle)
 
 
 # ------------------------------------------------------------------------------------------

@@ -333,6 +333,18 @@ impl FlatGraph {
 mod tests {
     use super::*;
     use crate::testutil::random_unit_vectors;
+    use std::collections::HashSet;
+
+    /// The exact top `k` of `data` (row-major, `dim` wide) for `q`, by brute force.
+    fn exact_top(data: &[f32], dim: usize, q: &[f32], k: usize) -> HashSet<usize> {
+        let mut exact: Vec<(f32, usize)> = data
+            .chunks_exact(dim)
+            .enumerate()
+            .map(|(i, v)| (dot(q, v), i))
+            .collect();
+        exact.sort_by(|a, b| b.0.total_cmp(&a.0));
+        exact[..k].iter().map(|e| e.1).collect()
+    }
 
     #[test]
     fn build_then_search_finds_itself() {
@@ -364,13 +376,7 @@ mod tests {
         let queries = random_unit_vectors(30, dim, 7);
         let mut hit = 0;
         for q in queries.chunks_exact(dim) {
-            let mut exact: Vec<(f32, usize)> = data
-                .chunks_exact(dim)
-                .enumerate()
-                .map(|(i, v)| (dot(q, v), i))
-                .collect();
-            exact.sort_by(|a, b| b.0.total_cmp(&a.0));
-            let want: std::collections::HashSet<usize> = exact[..k].iter().map(|e| e.1).collect();
+            let want = exact_top(&data, dim, q, k);
             let got = flat.search(q, k, 128);
             assert_eq!(got.len(), k);
             hit += got.iter().filter(|i| want.contains(i)).count();
@@ -400,14 +406,7 @@ mod tests {
             let queries = random_unit_vectors(20, dim, 9);
             let (mut hf, mut hh) = (0, 0);
             for q in queries.chunks_exact(dim) {
-                let mut exact: Vec<(f32, usize)> = data
-                    .chunks_exact(dim)
-                    .enumerate()
-                    .map(|(i, v)| (dot(q, v), i))
-                    .collect();
-                exact.sort_by(|a, b| b.0.total_cmp(&a.0));
-                let want: std::collections::HashSet<usize> =
-                    exact[..k].iter().map(|e| e.1).collect();
+                let want = exact_top(&data, dim, q, k);
                 hf += flat
                     .search(q, k, 316)
                     .iter()
