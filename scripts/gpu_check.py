@@ -65,7 +65,8 @@ def preprocess(manifest: dict, data: bytes) -> np.ndarray:
     w, h = pre["resize"]["width"], pre["resize"]["height"]
     with Image.open(io.BytesIO(data)) as img:
         if pre.get("jpeg_draft", False) and img.format == "JPEG":
-            dw, dh = (h, w) if img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8) else (w, h)
+            k = int(pre.get("jpeg_draft_factor", 1))
+            dw, dh = (k * h, k * w) if img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8) else (k * w, k * h)
             img.draft("RGB", (dw, dh))
         img = ImageOps.exif_transpose(img).convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
     arr = np.asarray(img, np.float32) * np.float32(pre["scale"])

@@ -170,6 +170,17 @@ pub async fn ingest_gallery(
     rows: &[ManifestRow],
     concurrency: usize,
 ) -> anyhow::Result<(usize, usize)> {
+    ingest_gallery_as(state, rows, concurrency, "eval").await
+}
+
+/// [`ingest_gallery`] under another merchant (`snapshop bench --catalogue` ingests the gallery
+/// again at full size).
+pub async fn ingest_gallery_as(
+    state: &AppState,
+    rows: &[ManifestRow],
+    concurrency: usize,
+    merchant: &str,
+) -> anyhow::Result<(usize, usize)> {
     let mut order: Vec<String> = Vec::new();
     let mut gallery: HashMap<String, (BTreeSet<String>, Vec<PathBuf>)> = HashMap::new();
     for r in rows.iter().filter(|r| r.domain == "shop") {
@@ -183,7 +194,8 @@ pub async fn ingest_gallery(
     let gallery_images: usize = gallery.values().map(|(_, f)| f.len()).sum();
     let started = Instant::now();
     let batch_limit = state.config().limits.max_images_per_request;
-    let merchant = &Merchant::parse("eval").expect("a valid merchant name");
+    let merchant =
+        &Merchant::parse(merchant).map_err(|e| anyhow::anyhow!("merchant `{merchant}`: {e}"))?;
     let bar = &crate::progress::bar(gallery_images as u64, "gallery");
     stream::iter(order.iter().map(|pid| {
         let (tags, files) = &gallery[pid];

@@ -94,6 +94,28 @@ enum Command {
         /// Street photos used to measure recall against exact search.
         #[arg(long, default_value_t = 200)]
         recall_queries: usize,
+        /// Grow the catalogue to N images with perturbed copies of the gallery's embeddings
+        /// (no model call per image) and measure the service at that size (docs/performance.md).
+        #[arg(long, value_name = "N")]
+        catalogue: Option<usize>,
+        /// With --catalogue: the sizes to measure at on the way (N itself always is).
+        #[arg(long, value_delimiter = ',', default_value = "10000,30000")]
+        checkpoints: Vec<usize>,
+        /// With --catalogue: street photos used as first-pass queries.
+        #[arg(long, default_value_t = 100)]
+        queries: usize,
+        /// With --catalogue: per-dimension noise of a copied embedding (0.03: cosine ~0.9).
+        #[arg(long, default_value_t = 0.03)]
+        noise: f32,
+        /// With --catalogue: merchants the synthetic products are spread over.
+        #[arg(long, default_value_t = 49)]
+        merchants: usize,
+        /// With --catalogue: synthetic products written at once.
+        #[arg(long, default_value_t = 8)]
+        write_concurrency: usize,
+        /// With --catalogue: the seed of the perturbations.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         #[command(flatten)]
         report: Report<false>,
     },
@@ -434,6 +456,13 @@ fn main() -> ExitCode {
                 image,
                 iterations,
                 recall_queries,
+                catalogue,
+                checkpoints,
+                queries,
+                noise,
+                merchants,
+                write_concurrency,
+                seed,
                 report,
                 ..
             } => {
@@ -446,6 +475,28 @@ fn main() -> ExitCode {
                     recall_queries,
                     candidates: data.candidates,
                 };
+                if let Some(images) = catalogue {
+                    let cat = snapshop::bench::catalogue::CatalogueOptions {
+                        images,
+                        checkpoints,
+                        queries,
+                        noise,
+                        merchants,
+                        write_concurrency,
+                        seed,
+                    };
+                    let command = std::env::args().collect::<Vec<_>>().join(" ");
+                    let r = snapshop::bench::catalogue::run_in_temp_dir(
+                        config,
+                        Backend::Ort,
+                        &opts,
+                        &cat,
+                        command,
+                    )
+                    .await?;
+                    print!("{}", snapshop::bench::catalogue::table(&r));
+                    return write_report(&report.output, &r);
+                }
                 let r = snapshop::bench::run_in_temp_dir(config, Backend::Ort, &opts).await?;
                 print!("{}", snapshop::bench::table(&r));
                 write_report(&report.output, &r)

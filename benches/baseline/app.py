@@ -78,6 +78,9 @@ class Model:
         self.jpeg_draft = pre.get("jpeg_draft", False)
         if not isinstance(self.jpeg_draft, bool):
             raise SystemExit("baseline: preprocess.jpeg_draft must be a boolean")
+        self.draft_factor = pre.get("jpeg_draft_factor", 1)
+        if isinstance(self.draft_factor, bool) or not isinstance(self.draft_factor, int) or not 1 <= self.draft_factor <= 8:
+            raise SystemExit("baseline: preprocess.jpeg_draft_factor must be an integer from 1 to 8")
         self.vocabulary = list(m["tags"]["vocabulary"])
         self.tag_index = {t: i for i, t in enumerate(self.vocabulary)}
         self.dim = int(m["embedding_dim"])
@@ -101,7 +104,7 @@ class Model:
         """Image bytes -> float32 [3, H, W], as models/BUNDLE.md says."""
         with Image.open(io.BytesIO(data)) as img:
             if self.jpeg_draft and img.format == "JPEG":
-                w, h = self.width, self.height
+                w, h = self.width * self.draft_factor, self.height * self.draft_factor
                 if img.getexif().get(ExifTags.Base.Orientation, 1) in TRANSPOSING:
                     w, h = h, w
                 img.draft("RGB", (w, h))

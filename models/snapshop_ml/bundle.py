@@ -4,10 +4,16 @@
     python -m snapshop_ml.bundle embed default photo.jpg                       # user branch
     python -m snapshop_ml.bundle embed default shop.png --tags category:dress color:red
     python -m snapshop_ml.bundle add-heic-golden default                       # HEIC golden entries
+    python -m snapshop_ml.bundle enable-jpeg-draft default                     # DCT-scaled JPEG decode
 
 `verify` re-hashes every file, loads the three graphs and checks their inputs and outputs against
 the manifest. `add-heic-golden` writes the HEIC fixtures and their golden entries into a bundle
-exported before they existed (as `export` now does), and updates the manifest's checksums. Bad input (missing files, a malformed manifest, an unknown tag) ends with one line
+exported before they existed (as `export` now does), and updates the manifest's checksums.
+`enable-jpeg-draft` turns on `preprocess.jpeg_draft` in a bundle exported without it, with the
+pipeline's draft factor (`--factor`, default 2: JPEGs are then decoded at the DCT scale Pillow's
+`draft()` picks for twice the input size before the resize, BUNDLE.md step 1b): it recomputes every
+golden entry with that preprocessing, adds the 12 MP golden photo, and gives the bundle a new model
+version (`-draft`), since large JPEGs now embed differently and stored embeddings must be redone. Bad input (missing files, a malformed manifest, an unknown tag) ends with one line
 on stderr and exit status 2.
 """
 
@@ -20,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import FORMAT_VERSION, HEIC_GOLDEN, OnnxBundle, heic_golden, session, sha256
-from .preprocess import RESIZE_METHOD, ImageLoadError, jpeg_draft_of
+from .export import (FORMAT_VERSION, HEIC_GOLDEN, PHONE_GOLDEN, OnnxBundle, _floats, bundle_files, heic_golden,
+                     phone_golden, session, sha256)
+from .preprocess import DRAFT_FACTOR, RESIZE_METHOD, ImageLoadError, jpeg_draft_of, preprocess_file
 
 REQUIRED = ("format_version", "model_version", "input", "preprocess", "embedding_dim", "grid", "locations", "tags",
             "graphs", "files")
@@ -102,6 +109,51 @@ def add_heic_golden(bundle: Path) -> list[str]:
     return written
 
 
+def redescribe(onnx: OnnxBundle, gdir: Path, entry: dict) -> dict:
+    """`entry` recomputed with `onnx`'s preprocessing: the same sample positions, new values."""
+    x = preprocess_file(gdir / entry["file"], onnx.size, onnx.jpeg_draft)
+    e = dict(entry, preprocessed_sum=float(x.astype(np.float64).sum()),
+             preprocessed_sample=[[c, y, xx, float(x[c, y, xx])] for c, y, xx, _ in entry["preprocessed_sample"]])
+    if entry["domain"] == "user":
+        f, emb = onnx.embed_user(gdir / entry["file"])
+        e.update(embedding=_floats(emb), features=_floats(f))
+    else:
+        e.update(embedding=_floats(onnx.embed_shop(gdir / entry["file"], entry["tags"])))
+    return e
+
+
+def enable_jpeg_draft(bundle: Path, factor: int = DRAFT_FACTOR) -> str:
+    """Set `preprocess.jpeg_draft` (and `jpeg_draft_factor` above 1) in `bundle`, redo its golden
+    outputs with it (the 12 MP photo added), rename the model version with a `-draft` suffix,
+    update the checksums. Returns the new model version."""
+    manifest = verify(bundle)
+    if jpeg_draft_of(manifest):
+        raise BundleError(f"{bundle}: preprocess.jpeg_draft is already on")
+    if not 1 <= factor <= 8:
+        raise BundleError(f"draft factor {factor}: must be 1 to 8")
+    manifest["preprocess"]["jpeg_draft"] = True
+    if factor > 1:
+        manifest["preprocess"]["jpeg_draft_factor"] = factor
+    onnx = OnnxBundle(bundle, manifest["tags"]["vocabulary"], manifest["input"]["height"], factor)
+    gdir = bundle / "golden"
+    golden = json.loads((gdir / "golden.json").read_text())
+    images = [redescribe(onnx, gdir, e) for e in golden["images"] if e["file"] != PHONE_GOLDEN]
+    images += phone_golden(onnx, gdir)
+    by_file = {e["file"]: e for e in images}
+    rr = golden["rerank"]
+    scores, att = onnx.rerank(np.asarray(by_file[rr["query"]]["features"], np.float32),
+                              np.asarray([by_file[c]["embedding"] for c in rr["candidates"]], np.float32))
+    rr.update(scores=_floats(scores), attention=_floats(att))
+    version = manifest["model_version"] + "-draft"
+    manifest["model_version"] = golden["model_version"] = version
+    golden["images"] = images
+    (gdir / "golden.json").write_text(json.dumps(golden))
+    manifest["files"] = bundle_files(bundle)
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    verify(bundle)
+    return version
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -113,8 +165,15 @@ def main(argv=None) -> int:
     e.add_argument("--tags", nargs="*", default=None, help="shop image tags (key:value); omit for a street photo")
     h = sub.add_parser("add-heic-golden", help="write the HEIC fixtures and their golden entries")
     h.add_argument("bundle", type=Path)
+    d = sub.add_parser("enable-jpeg-draft", help="turn on the DCT-scaled JPEG decode and redo the golden outputs")
+    d.add_argument("bundle", type=Path)
+    d.add_argument("--factor", type=int, default=DRAFT_FACTOR, help="the draft factor (1-8)")
     args = ap.parse_args(argv)
     try:
+        if args.cmd == "enable-jpeg-draft":
+            version = enable_jpeg_draft(args.bundle, args.factor)
+            print(f"{args.bundle}: preprocess.jpeg_draft on (factor {args.factor}), model version {version}")
+            return 0
         if args.cmd == "add-heic-golden":
             for rel in add_heic_golden(args.bundle):
                 print(f"wrote {args.bundle / rel}")

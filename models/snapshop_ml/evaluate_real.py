@@ -56,9 +56,10 @@ def pk(keys: np.ndarray, es: EvalSet) -> dict[str, float]:
 
 
 @torch.no_grad()
-def pretrained_scores(es: EvalSet, size: int) -> np.ndarray:
-    """[Q, G] cosine similarities of mean-pooled ImageNet MobileNetV2 features at `size` px."""
-    stem = stem_cache(es.query_paths + es.gallery_paths, size, None)
+def pretrained_scores(es: EvalSet, size: int, jpeg_draft: int = 0) -> np.ndarray:
+    """[Q, G] cosine similarities of mean-pooled ImageNet MobileNetV2 features at `size` px
+    (`jpeg_draft`: the draft factor of the bundle's own preprocessing, 0 for a full decode)."""
+    stem = stem_cache(es.query_paths + es.gallery_paths, size, None, jpeg_draft=jpeg_draft)
     top = pretrained_mobilenet_v2().features[FROZEN_STEM_BLOCKS:].to(memory_format=torch.channels_last)
     q = pretrained_embeddings(top, es.query_paths, stem)
     g = pretrained_embeddings(top, es.gallery_paths, stem)
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
     for s_px in args.sizes or sorted({size, 224}):
         name = f"ImageNet MobileNetV2, mean-pooled, {s_px} px (no training)"
         for split, es in sets.items():
-            keys = pretrained_scores(es, s_px)
+            keys = pretrained_scores(es, s_px, jpeg_draft_of(manifest))
             rows.setdefault(name, {})[split] = pk(keys, es)
             if split == "test":
                 test_keys[name] = keys

@@ -29,6 +29,7 @@ from .evaluate import EvalSet, evaluate_model, p_at_k, pretrained_embeddings
 from .export import ExportError, load_checkpoint
 from .features import stem_cache
 from .network import FROZEN_STEM_BLOCKS, pretrained_mobilenet_v2
+from .preprocess import DRAFT_FACTOR
 from .train import machine_description
 
 log = logging.getLogger("snapshop_ml.evaluate_rows")
@@ -53,7 +54,7 @@ def rel(p: Path) -> str:
 
 
 def evaluate_benchmark(run: Path, manifest: Path, splits, cache_dir: Path | None,
-                       input_size: int | None = None) -> dict:
+                       input_size: int | None = None, jpeg_draft: int = 0) -> dict:
     """Every row whose checkpoint is in `run`, plus the pretrained row; with no checkpoint at
     all, only the pretrained row at `input_size` (an error without one)."""
     ds = load_dataset(manifest)
@@ -69,7 +70,7 @@ def evaluate_benchmark(run: Path, manifest: Path, splits, cache_dir: Path | None
         raise ExportError(f"{run}: no row checkpoints (train with snapshop_ml.train first)")
     size = next(iter(models.values()))[0].cfg.input_size if models else input_size
     paths = [p for es in sets.values() for p in es.query_paths + es.gallery_paths]
-    stem = stem_cache(paths, size, cache_dir)
+    stem = stem_cache(paths, size, cache_dir, jpeg_draft=jpeg_draft)
     rows: dict[str, dict] = {}
     top = pretrained_mobilenet_v2().features[FROZEN_STEM_BLOCKS:].to(memory_format=torch.channels_last)
     for s, es in sets.items():
@@ -93,7 +94,7 @@ def evaluate_benchmark(run: Path, manifest: Path, splits, cache_dir: Path | None
                      " ".join(f"@{k}={v:.3f}" for k, v in rows[name][s].items()), time.time() - t0)
     sizes = {s: {"queries": len(es.query_paths), "gallery_images": len(es.gallery_paths),
                  "gallery_products": len(set(es.gallery_products.tolist()))} for s, es in sets.items()}
-    return {"manifest": rel(manifest), "input_size": size, "sizes": sizes, "rows": rows}
+    return {"manifest": rel(manifest), "input_size": size, "jpeg_draft": jpeg_draft, "sizes": sizes, "rows": rows}
 
 
 def main(argv=None) -> int:
@@ -103,6 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--splits", nargs="*", default=["val", "test"])
     ap.add_argument("--input-size", type=int, default=None,
                     help="with no checkpoints in --run: the pretrained row alone at this size")
+    ap.add_argument("--jpeg-draft", type=int, default=DRAFT_FACTOR,
+                    help="draft factor of the JPEG decode (0: full size; default the training default; match the bundle)")
     ap.add_argument("--cache-dir", default=str(HERE / ".cache"))
     ap.add_argument("--out", default=None, help="default <run>/rows-eval.json")
     args = ap.parse_args(argv)
@@ -114,7 +117,8 @@ def main(argv=None) -> int:
         for d in args.data:
             m = Path(d) / "manifest.csv" if Path(d).is_dir() else Path(d)
             report["benchmarks"][m.parent.name] = evaluate_benchmark(
-                run, m, args.splits, Path(args.cache_dir) if args.cache_dir else None, args.input_size)
+                run, m, args.splits, Path(args.cache_dir) if args.cache_dir else None, args.input_size,
+                args.jpeg_draft)
     except (OSError, ValueError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

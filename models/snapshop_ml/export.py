@@ -188,13 +188,13 @@ def sha256(path: Path) -> str:
 class OnnxBundle:
     """The exported graphs run through onnxruntime with the contract's preprocessing."""
 
-    def __init__(self, bundle: Path, vocab: list[str], input_size: int, jpeg_draft: bool = False):
+    def __init__(self, bundle: Path, vocab: list[str], input_size: int, jpeg_draft: int = 0):
         self.shop = session(bundle / "shop.onnx")
         self.user = session(bundle / "user.onnx")
         self.ctx = session(bundle / "ctx.onnx")
         self.vocab = {t: i for i, t in enumerate(vocab)}
         self.size = input_size
-        self.jpeg_draft = jpeg_draft  # manifest preprocess.jpeg_draft
+        self.jpeg_draft = int(jpeg_draft)  # the draft factor, preprocess.jpeg_draft_of(manifest)
 
     def tags(self, tags) -> np.ndarray:
         v = np.zeros((1, len(self.vocab)), np.float32)
@@ -252,6 +252,24 @@ def heic_golden(onnx: OnnxBundle, gdir: Path) -> list[dict]:
     return [_describe(onnx, gdir, name, "user", rng) for name in HEIC_GOLDEN]
 
 
+# A 12 MP phone photo (4000 x 3000 JPEG): the file that `preprocess.jpeg_draft` decodes at 1/8
+# scale. Made from street_0 (a 4:3 crop, upscaled, with seeded sensor-like noise so it costs what
+# a real phone photo costs to decode); its sample positions have their own generator too.
+PHONE_GOLDEN = "street_12mp.jpg"
+
+
+def phone_golden(onnx: OnnxBundle, gdir: Path) -> list[dict]:
+    """Write the 12 MP fixture from `gdir/street_0.jpg` and return its golden entry (user domain)."""
+    upright = load_rgb(gdir / "street_0.jpg")
+    w, h = upright.size
+    top = (h - h * 3 // 4) // 2
+    big = upright.crop((0, top, w, top + h * 3 // 4)).resize((4000, 3000), Image.Resampling.BICUBIC)
+    a = np.asarray(big).astype(np.int16)
+    a += np.random.default_rng(12).integers(-4, 5, size=a.shape, dtype=np.int16)
+    Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(gdir / PHONE_GOLDEN, quality=88)
+    return [_describe(onnx, gdir, PHONE_GOLDEN, "user", np.random.default_rng(13))]
+
+
 def write_golden(onnx: OnnxBundle, street: list[Path], shop: list[tuple[Path, tuple[str, ...]]], out: Path,
                  model_version: str) -> None:
     """Fixture images (JPEG and PNG, one with an EXIF rotation; HEIC, one with an irot rotation) and
@@ -285,6 +303,7 @@ def write_golden(onnx: OnnxBundle, street: list[Path], shop: list[tuple[Path, tu
     scores, att = onnx.rerank(np.asarray(query["features"], np.float32),
                               np.asarray([c["embedding"] for c in cands], np.float32))
     entries.extend(heic_golden(onnx, gdir))
+    entries.extend(phone_golden(onnx, gdir))
     golden = {"model_version": model_version, "tolerance": 1e-3, "images": entries,
               "rerank": {"query": query["file"], "candidates": [c["file"] for c in cands],
                          "scores": _floats(scores), "attention": _floats(att)}}
@@ -298,7 +317,7 @@ def bundle_files(out: Path) -> dict:
 
 
 def write_manifest(out: Path, model: YNet, vocab: list[str], model_version: str, evaluation: dict, training: dict,
-                   parity_diffs: dict, rerank: dict | None = None) -> dict:
+                   parity_diffs: dict, rerank: dict | None = None, jpeg_draft: int = 0) -> dict:
     """`rerank` is the manifest's re-rank block (`snapshop_ml.rerank` adds `default` and `fusion`);
     None means the paper's re-rank of the top 256 by the CtxYNet score alone."""
     cfg = model.cfg
@@ -308,7 +327,7 @@ def write_manifest(out: Path, model: YNet, vocab: list[str], model_version: str,
         "model_version": model_version,
         "backbone": "mobilenet_v2",
         "input": {"height": cfg.input_size, "width": cfg.input_size, "channels": 3, "layout": "NCHW", "color": "RGB"},
-        "preprocess": manifest_section(cfg.input_size),
+        "preprocess": manifest_section(cfg.input_size, jpeg_draft),
         "embedding_dim": cfg.embed_dim,
         "grid": {"h": cfg.grid, "w": cfg.grid},
         "locations": cfg.locations,
@@ -326,7 +345,8 @@ def write_manifest(out: Path, model: YNet, vocab: list[str], model_version: str,
 
 
 def export_bundle(model: YNet, vocab: list[str], out: Path, evaluation: dict, training: dict,
-                  street: list[Path], shop: list[tuple[Path, tuple[str, ...]]], version_tag: str) -> dict:
+                  street: list[Path], shop: list[tuple[Path, tuple[str, ...]]], version_tag: str,
+                  jpeg_draft: int = 0) -> dict:
     """Write the whole bundle into `out` (replacing what is there)."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("manifest.json", "shop.onnx", "user.onnx", "ctx.onnx", "eval.json"):
@@ -338,5 +358,5 @@ def export_bundle(model: YNet, vocab: list[str], out: Path, evaluation: dict, tr
         raise ExportError(f"torch/onnxruntime parity failed: {diffs}")
     version = f"ynet-mnv2-{model.cfg.input_size}-{dt.date.today():%Y%m%d}-{sha256(out / 'shop.onnx')[:8]}-{version_tag}"
     (out / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
-    write_golden(OnnxBundle(out, vocab, model.cfg.input_size), street, shop, out, version)
-    return write_manifest(out, model, vocab, version, evaluation, training, diffs)
+    write_golden(OnnxBundle(out, vocab, model.cfg.input_size, jpeg_draft), street, shop, out, version)
+    return write_manifest(out, model, vocab, version, evaluation, training, diffs, jpeg_draft=jpeg_draft)

@@ -52,8 +52,10 @@ def run_blocks(blocks: nn.Module, inputs: torch.Tensor, batch: int = 64) -> torc
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def _cache_key(paths: Sequence[str], input_size: int) -> str:
-    h = hashlib.sha256(f"stem-v1|{input_size}|{FROZEN_STEM_BLOCKS}".encode())
+def _cache_key(paths: Sequence[str], input_size: int, jpeg_draft: int = 0) -> str:
+    # Without the draft the key is as it always was, so earlier caches stay valid.
+    draft = f"|draft{int(jpeg_draft)}" if jpeg_draft else ""
+    h = hashlib.sha256(f"stem-v1|{input_size}|{FROZEN_STEM_BLOCKS}{draft}".encode())
     for p in paths:
         st = Path(p).stat()
         h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -61,13 +63,15 @@ def _cache_key(paths: Sequence[str], input_size: int) -> str:
 
 
 def stem_cache(paths: Sequence[str], input_size: int, cache_dir: Path | None,
-               device: torch.device | str = "cpu") -> ActivationCache:
-    """Stem activations (ImageNet blocks only) for every image, from disk when already computed."""
+               device: torch.device | str = "cpu", jpeg_draft: int = 0) -> ActivationCache:
+    """Stem activations (ImageNet blocks only) for every image, from disk when already computed.
+    `jpeg_draft`: the draft factor (`preprocess.jpeg_draft_of`; 0 for a full-size decode), as the
+    service decodes for a bundle that sets it."""
     paths = sorted(set(str(p) for p in paths))
     file = None
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        file = cache_dir / f"stem-{_cache_key(paths, input_size)}.pt"
+        file = cache_dir / f"stem-{_cache_key(paths, input_size, jpeg_draft)}.pt"
         if file.is_file():
             log.info("stem cache: loading %s", file)
             return ActivationCache(paths, torch.load(file, weights_only=True), device)
@@ -76,7 +80,7 @@ def stem_cache(paths: Sequence[str], input_size: int, cache_dir: Path | None,
     chunks = []
     chunk = 256
     for i in range(0, len(paths), chunk):
-        imgs = np.stack([preprocess_file(p, input_size) for p in paths[i : i + chunk]])
+        imgs = np.stack([preprocess_file(p, input_size, jpeg_draft) for p in paths[i : i + chunk]])
         chunks.append(run_blocks(stem, torch.from_numpy(imgs)))
         log.info("stem cache: %d/%d images (%.0f s)", min(i + chunk, len(paths)), len(paths), time.time() - t0)
     data = torch.cat(chunks)

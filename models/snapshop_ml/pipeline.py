@@ -168,7 +168,7 @@ def rerank_benchmarks(data: Path, real: Path | None) -> tuple[dict[str, Path], d
     return fit, ({"synthetic": data} if hard else {})
 
 
-def other_benchmark_rows(run: Path, data: Path, benchmarks: dict[str, Path]) -> dict | None:
+def other_benchmark_rows(run: Path, data: Path, benchmarks: dict[str, Path], jpeg_draft: int) -> dict | None:
     """Every trained row of this run on the other benchmarks present (real photos, hard preset)."""
     others = {n: m for n, m in benchmarks.items() if m != data}
     if not others:
@@ -176,7 +176,8 @@ def other_benchmark_rows(run: Path, data: Path, benchmarks: dict[str, Path]) -> 
     t0 = time.time()
     report = {"run": repo_relative(run), "machine": machine_description(), "benchmarks": {}}
     for name, m in others.items():
-        report["benchmarks"][name] = evaluate_rows.evaluate_benchmark(run, m, ("val", "test"), HERE / ".cache")
+        report["benchmarks"][name] = evaluate_rows.evaluate_benchmark(run, m, ("val", "test"), HERE / ".cache",
+                                                                      jpeg_draft=jpeg_draft)
         report["benchmarks"][name]["manifest"] = repo_relative(m)
     report["wall_time_s"] = round(time.time() - t0, 1)
     (run / "rows-eval.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -234,7 +235,8 @@ def main(argv=None) -> int:
             "config": relative_config(summary["train_config"]),
         }
         bundle = Path(args.bundle)
-        manifest = export_bundle(model, vocab, bundle, evaluation, training, street, shop, summary["shipped_chain"])
+        manifest = export_bundle(model, vocab, bundle, evaluation, training, street, shop, summary["shipped_chain"],
+                                 jpeg_draft=cfg.jpeg_draft)
         real = Path(args.real) if args.real else ROOT / "data/realphoto/manifest.csv"
         if not real.is_file():
             log.warning("no real-photo benchmark: %s not found (docs/realphoto.md builds it)", real)
@@ -250,7 +252,7 @@ def main(argv=None) -> int:
             with torch.no_grad():  # the attention figure below shows the V that ships
                 model.ctx_v.copy_(torch.from_numpy(v))
                 model.ctx_u.copy_(torch.from_numpy(u))
-        onnx = OnnxBundle(bundle, vocab, model.cfg.input_size)
+        onnx = OnnxBundle(bundle, vocab, model.cfg.input_size, cfg.jpeg_draft)
         expected = write_subset_fixture(ds, onnx, Path(args.fixture), rerank=manifest.get("rerank"))
         log.info("subset fixture: %s", json.dumps(expected))
         docs = Path(args.docs)
@@ -258,14 +260,15 @@ def main(argv=None) -> int:
         plot_pk(summary["results"], docs / "img/pk_test.png")
         pairs = [(s, p, t) for s, (p, t) in zip(*pick_fixtures(ds, 4))]
         plot_attention(onnx, pairs, docs / "img/attention.png", model.cfg.grid, model, vocab)
-        rows_eval = other_benchmark_rows(run, data, {**fit, **also})
+        rows_eval = other_benchmark_rows(run, data, {**fit, **also}, cfg.jpeg_draft)
         if rows_eval:
             evaluation["other_benchmarks"] = rows_eval
             (bundle / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
         wall = time.time() - t0
         training["wall_time_s"] = round(wall, 1)
         manifest = write_manifest(bundle, model, vocab, manifest["model_version"], evaluation, training,
-                                  manifest["parity"]["max_abs_diff"], rerank=manifest.get("rerank"))
+                                  manifest["parity"]["max_abs_diff"], rerank=manifest.get("rerank"),
+                                  jpeg_draft=cfg.jpeg_draft)
         (docs / "results.md").write_text(results_markdown(summary, manifest, command, training["wall_time_s"]))
         log.info("pipeline done in %.1f min: bundle %s", wall / 60, manifest["model_version"])
     except (TrainingError, ExportError, ValueError, FileNotFoundError, RuntimeError) as exc:

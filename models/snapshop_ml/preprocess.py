@@ -78,23 +78,37 @@ def to_tensor(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
 
 
-def preprocess_file(path: str | Path, size: int, jpeg_draft: bool = False) -> np.ndarray:
-    """The whole contract: file -> float32 [3, size, size] (`jpeg_draft`: manifest
-    `preprocess.jpeg_draft`)."""
-    return to_tensor(resize(load_rgb(path, (size, size) if jpeg_draft else None), size))
+# The pipeline's draft factor: Pillow's draft() is asked for twice the input size, so an image
+# under twice that size (every image of our benchmarks) decodes in full and a 12 MP photo at 1/4
+# scale (docs/performance.md, "Decode at the size the model needs").
+DRAFT_FACTOR = 2
 
 
-def jpeg_draft_of(manifest: dict) -> bool:
-    """The manifest's `preprocess.jpeg_draft` (absent: false, every bundle made before it)."""
-    value = manifest.get("preprocess", {}).get("jpeg_draft", False)
+def preprocess_file(path: str | Path, size: int, jpeg_draft: int = 0) -> np.ndarray:
+    """The whole contract: file -> float32 [3, size, size]. `jpeg_draft` is the draft factor
+    (`jpeg_draft_of`): 0 (or False) for a full-size decode, k to decode a JPEG at the DCT scale
+    Pillow's draft() picks for k times the input size (True is 1)."""
+    k = int(jpeg_draft)
+    return to_tensor(resize(load_rgb(path, (k * size, k * size) if k else None), size))
+
+
+def jpeg_draft_of(manifest: dict) -> int:
+    """The manifest's draft factor: 0 without `preprocess.jpeg_draft` (every bundle made before
+    it), else `preprocess.jpeg_draft_factor` (absent: 1)."""
+    pre = manifest.get("preprocess", {})
+    value = pre.get("jpeg_draft", False)
     if not isinstance(value, bool):
         raise ValueError(f"preprocess.jpeg_draft must be true or false, found {value!r}")
-    return value
+    factor = pre.get("jpeg_draft_factor", 1)
+    if isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= 8:
+        raise ValueError(f"preprocess.jpeg_draft_factor must be an integer from 1 to 8, found {factor!r}")
+    return factor if value else 0
 
 
-def manifest_section(size: int, jpeg_draft: bool = False) -> dict:
-    """The `preprocess` section of the bundle manifest (`jpeg_draft` written only when true, so
-    a bundle without it reads exactly as before)."""
+def manifest_section(size: int, jpeg_draft: int = 0) -> dict:
+    """The `preprocess` section of the bundle manifest for draft factor `jpeg_draft` (0: none).
+    `jpeg_draft` is written only when on and `jpeg_draft_factor` only when above 1, so a bundle
+    without them reads exactly as before."""
     section = {
         "exif_transpose": True,
         "resize": {"method": RESIZE_METHOD, "width": size, "height": size, "keep_aspect": False},
@@ -104,4 +118,6 @@ def manifest_section(size: int, jpeg_draft: bool = False) -> dict:
     }
     if jpeg_draft:
         section["jpeg_draft"] = True
+        if int(jpeg_draft) > 1:
+            section["jpeg_draft_factor"] = int(jpeg_draft)
     return section

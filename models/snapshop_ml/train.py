@@ -35,6 +35,7 @@ from .evaluate import EvalSet, evaluate_model, p_at_k, pretrained_embeddings, ta
 from .features import ActivationCache, derived_cache, stem_cache
 from .losses import adapted_triplet_loss, choose_negatives, pairwise_euclidean, triplet_loss
 from .network import FROZEN_STEM_BLOCKS, NetConfig, YNet, context_attention, pretrained_mobilenet_v2, set_bn_eval
+from .preprocess import DRAFT_FACTOR
 
 log = logging.getLogger("snapshop_ml.train")
 
@@ -60,6 +61,11 @@ class TrainConfig:
     threads: int = 0
     cache_dir: str = ".cache"
     device: str = "auto"
+    # Decode JPEGs at a DCT scale before the resize (Pillow's draft() for jpeg_draft x the input
+    # size; 0: a full decode), in training, evaluation and the exported manifest's
+    # `preprocess.jpeg_draft(_factor)`, so the service decodes a 12 MP photo at 1/4 scale and
+    # sees the pixels the model was trained on.
+    jpeg_draft: int = DRAFT_FACTOR
 
 
 class TrainingError(RuntimeError):
@@ -261,7 +267,7 @@ def train(cfg: TrainConfig) -> dict:
 
     all_paths = [str(r.path) for r in ds.records]
     t0 = time.time()
-    stem = stem_cache(all_paths, cfg.input_size, Path(cfg.cache_dir), device)
+    stem = stem_cache(all_paths, cfg.input_size, Path(cfg.cache_dir), device, cfg.jpeg_draft)
     timings = {"stem_cache_s": round(time.time() - t0, 1)}
 
     results: dict[str, dict] = {}

@@ -98,3 +98,52 @@ def test_bad_inputs_give_clear_messages(exported, tmp_path, capsys):
     assert "malformed JSON" in capsys.readouterr().err
     assert bundle_cli.main(["verify", str(tmp_path)]) == 2
     assert "no manifest" in capsys.readouterr().err
+
+
+def test_enable_jpeg_draft_redoes_the_golden_outputs(exported, tmp_path):
+    """`bundle enable-jpeg-draft`: the manifest says so, the version changes, every golden entry
+    (the 12 MP photo included, decoded at 1/8 scale) reproduces with the draft decode, and the
+    small fixtures keep their values (a draft only applies from twice the input size)."""
+    import shutil
+    from snapshop_ml.export import PHONE_GOLDEN
+    from snapshop_ml.preprocess import jpeg_draft_of
+
+    _, out, manifest = exported
+    copy = tmp_path / "bundle"
+    shutil.copytree(out, copy)
+    before = {e["file"]: e for e in json.loads((copy / "golden/golden.json").read_text())["images"]}
+    version = bundle_cli.enable_jpeg_draft(copy)
+    assert version == manifest["model_version"] + "-draft"
+    m = bundle_cli.verify(copy)
+    assert m["model_version"] == version and jpeg_draft_of(m) == 2
+    assert m["preprocess"]["jpeg_draft"] is True and m["preprocess"]["jpeg_draft_factor"] == 2
+    golden = json.loads((copy / "golden/golden.json").read_text())
+    assert golden["model_version"] == version
+    onnx = OnnxBundle(copy, VOCAB, 64, jpeg_draft=2)
+    for e in golden["images"]:
+        if e["domain"] == "user":
+            _, emb = onnx.embed_user(copy / "golden" / e["file"])
+        else:
+            emb = onnx.embed_shop(copy / "golden" / e["file"], e["tags"])
+        np.testing.assert_allclose(emb, e["embedding"], atol=1e-5)
+        if e["file"] != PHONE_GOLDEN and e["file"] in before:
+            # The small fixtures (at most 90 px) are under twice the 64 px input: no DCT scale.
+            # (Under the factor 2 they would be up to 255 px.)
+            assert e["preprocessed_sum"] == before[e["file"]]["preprocessed_sum"]
+    with Image.open(copy / "golden" / PHONE_GOLDEN) as im:
+        assert im.size == (4000, 3000)
+    with pytest.raises(bundle_cli.BundleError, match="already on"):
+        bundle_cli.enable_jpeg_draft(copy)
+
+
+def test_the_draft_factor_is_read_and_checked():
+    from snapshop_ml.preprocess import jpeg_draft_of, manifest_section
+
+    assert jpeg_draft_of({"preprocess": manifest_section(192)}) == 0
+    assert jpeg_draft_of({"preprocess": manifest_section(192, 1)}) == 1
+    assert "jpeg_draft_factor" not in manifest_section(192, 1)
+    assert jpeg_draft_of({"preprocess": manifest_section(192, 2)}) == 2
+    assert jpeg_draft_of({"preprocess": {"jpeg_draft_factor": 4}}) == 0  # the factor alone turns nothing on
+    for bad in (0, 9, 2.0, True, "2"):
+        with pytest.raises(ValueError, match="jpeg_draft_factor"):
+            jpeg_draft_of({"preprocess": {"jpeg_draft": True, "jpeg_draft_factor": bad}})

@@ -26,8 +26,8 @@ def _jpeg(path, size, orientation=1, mode="RGB"):
 def test_manifest_flag_is_optional():
     assert "jpeg_draft" not in preprocess.manifest_section(192)
     assert preprocess.manifest_section(192, jpeg_draft=True)["jpeg_draft"] is True
-    assert preprocess.jpeg_draft_of({"preprocess": {}}) is False
-    assert preprocess.jpeg_draft_of({"preprocess": {"jpeg_draft": True}}) is True
+    assert preprocess.jpeg_draft_of({"preprocess": {}}) == 0
+    assert preprocess.jpeg_draft_of({"preprocess": {"jpeg_draft": True}}) == 1
     with pytest.raises(ValueError):
         preprocess.jpeg_draft_of({"preprocess": {"jpeg_draft": "yes"}})
 

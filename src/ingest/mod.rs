@@ -336,7 +336,7 @@ pub async fn create_product(
     validate_product_id(&new.id)?;
     validate_title(&new.title)?;
     validate_attributes(&new.attributes)?;
-    let tags = normalise_tags(new.tags)?;
+    let tags = normalise_tags(new.tags.clone())?;
     if files.is_empty() {
         return Err(IngestError::Invalid(
             "a product needs at least one image".into(),
@@ -344,37 +344,100 @@ pub async fn create_product(
     }
     check_count(core, &files)?;
     // Fail fast before the expensive part; the insert still catches a race.
-    check_quota(core, merchant, 1, files.len()).await?;
-    match core.store().get_product(merchant.as_str(), &new.id).await {
-        Ok(_) => {
-            return Err(StoreError::ProductExists {
-                merchant: merchant.to_string(),
-                id: new.id,
-            }
-            .into())
-        }
-        Err(StoreError::ProductNotFound { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
+    check_new(core, merchant, &new.id, files.len()).await?;
     loop {
         let serving = core.serving();
         let images = embed_new_images(core, &serving.model, &tags, &files).await?;
-        let row = NewProductRow {
-            merchant: merchant.to_string(),
-            external_id: new.id.clone(),
-            title: new.title.trim().to_owned(),
-            attributes: new.attributes.clone(),
-            tags: tags.clone(),
-            quota: core.config().quotas.store_quota(),
-        };
-        let write = core
-            .store()
-            .create_product(row, images, serving.model.version());
-        if let Some(w) = commit(core, &serving, write).await? {
-            metrics::counter!("snapshop_images_ingested_total").increment(files.len() as u64);
-            return Ok(ingested(&serving, w.product));
+        if let Some(done) = insert_product(core, &serving, merchant, &new, &tags, images).await? {
+            return Ok(done);
         }
     }
+}
+
+/// Creates a product from images whose files are already stored and whose embeddings were
+/// already made by `serving`'s model: the validation, quota and commit of [`create_product`]
+/// without decode or model call. For `snapshop bench --catalogue`, which grows a catalogue
+/// from perturbed real embeddings; never for client input, since the embeddings are trusted.
+/// Fails with [`IngestError::Invalid`] when the model was switched meanwhile (the embeddings
+/// are then of the wrong model).
+pub async fn create_product_embedded(
+    core: &Core,
+    serving: &Arc<Serving>,
+    merchant: &Merchant,
+    new: NewProduct,
+    images: Vec<NewImage>,
+) -> Result<Ingested, IngestError> {
+    core.check_store().map_err(IngestError::Store)?;
+    validate_product_id(&new.id)?;
+    validate_title(&new.title)?;
+    validate_attributes(&new.attributes)?;
+    let tags = normalise_tags(new.tags.clone())?;
+    if images.is_empty() {
+        return Err(IngestError::Invalid(
+            "a product needs at least one image".into(),
+        ));
+    }
+    let dim = serving.model.embedding_dim();
+    if let Some(bad) = images.iter().find(|i| i.embedding.len() != dim) {
+        return Err(IngestError::Invalid(format!(
+            "an embedding of dimension {} for a model of dimension {dim}",
+            bad.embedding.len()
+        )));
+    }
+    check_new(core, merchant, &new.id, images.len()).await?;
+    insert_product(core, serving, merchant, &new, &tags, images)
+        .await?
+        .ok_or_else(|| {
+            IngestError::Invalid("the model was switched while the product was written".into())
+        })
+}
+
+/// The cheap checks before a product is created: quota (the insert checks again, atomically)
+/// and that the merchant has no product of this id yet.
+async fn check_new(
+    core: &Core,
+    merchant: &Merchant,
+    id: &str,
+    images: usize,
+) -> Result<(), IngestError> {
+    check_quota(core, merchant, 1, images).await?;
+    match core.store().get_product(merchant.as_str(), id).await {
+        Ok(_) => Err(StoreError::ProductExists {
+            merchant: merchant.to_string(),
+            id: id.to_owned(),
+        }
+        .into()),
+        Err(StoreError::ProductNotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Inserts a new product with embedded images and applies it to the view; `None` if the model
+/// switched meanwhile (the caller embeds again).
+async fn insert_product(
+    core: &Core,
+    serving: &Arc<Serving>,
+    merchant: &Merchant,
+    new: &NewProduct,
+    tags: &[String],
+    images: Vec<NewImage>,
+) -> Result<Option<Ingested>, IngestError> {
+    let count = images.len() as u64;
+    let row = NewProductRow {
+        merchant: merchant.to_string(),
+        external_id: new.id.clone(),
+        title: new.title.trim().to_owned(),
+        attributes: new.attributes.clone(),
+        tags: tags.to_vec(),
+        quota: core.config().quotas.store_quota(),
+    };
+    let write = core
+        .store()
+        .create_product(row, images, serving.model.version());
+    Ok(commit(core, serving, write).await?.map(|w| {
+        metrics::counter!("snapshop_images_ingested_total").increment(count);
+        ingested(serving, w.product)
+    }))
 }
 
 /// Refuses a write that would take the merchant past its quota, before any image is embedded.

@@ -256,7 +256,7 @@ fn decode_region(
         // Decoded at the DCT scale chosen for the whole photo: ask for the scale that keeps the
         // box at least as large as the model's input (the same scale when the box is the whole
         // photo, a finer one for a small box).
-        let (out_w, out_h) = pre.output_size();
+        let (out_w, out_h) = pre.draft_size();
         let want = |out: u32, full: u32, part: u32| {
             (u64::from(out) * u64::from(full)).div_ceil(u64::from(part)) as u32
         };
@@ -448,16 +448,20 @@ mod tests {
         let limits = ImageLimits::default();
         let full = preprocessor(false);
         let draft = preprocessor(true);
-        // The whole photo's draft scale is 1/4 (1600x1200 for 192x192): a 1200x600 box would
-        // keep only 150 rows there, so it is decoded at 1/2 (600x300); a 400x300 box at 1/1.
+        // The shipped bundle asks the draft for twice its 192x192 input (384x384), so the whole
+        // 1600x1200 photo decodes at 1/2 (800x600). A 1500x1100 box keeps 550 rows there, more
+        // than 384: the same 1/2 scale (750x550). A 1200x600 box would keep only 300 rows, so it
+        // is decoded in full, as is a 400x300 box.
+        assert_eq!(draft.draft_size(), (384, 384));
         let whole_draft = draft.decode(&bytes, &limits).unwrap().image.dimensions();
         assert_eq!(
             whole_draft,
-            (400, 300),
+            (800, 600),
             "the draft scale of the whole photo"
         );
         for (r, want) in [
-            ("200,300,1200,600", (600, 300)),
+            ("0,0,1500,1100", (750, 550)),
+            ("200,300,1200,600", (1200, 600)),
             ("400,300,400,300", (400, 300)),
         ] {
             let (px, _, _) =

@@ -6,6 +6,7 @@ mod common;
 
 mod admin;
 mod bad_input;
+mod bench;
 mod heic;
 mod import;
 mod imports;

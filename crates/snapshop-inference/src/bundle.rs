@@ -94,6 +94,16 @@ pub struct PreprocessSpec {
     /// bundle made before the field existed.
     #[serde(default)]
     pub jpeg_draft: bool,
+    /// With `jpeg_draft`: the size asked of the draft is this multiple of the resize target
+    /// (1-8). Absent: 1, Pillow's `draft()` for the target itself. 2 keeps at least twice the
+    /// input's pixels per side, so images under twice that size decode in full and a 12 MP
+    /// photo decodes at 1/4 scale, not 1/8.
+    #[serde(default = "one")]
+    pub jpeg_draft_factor: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// `manifest.preprocess.resize`.
@@ -500,6 +510,12 @@ fn validate(m: &Manifest) -> Result<(), InferenceError> {
             "manifest preprocess.mean must be finite and .std positive",
         ));
     }
+    if !(1..=8).contains(&p.jpeg_draft_factor) {
+        return Err(bad(format!(
+            "manifest preprocess.jpeg_draft_factor {} must be 1 to 8",
+            p.jpeg_draft_factor
+        )));
+    }
     if m.embedding_dim == 0 {
         return Err(bad("manifest embedding_dim must be positive"));
     }
@@ -701,6 +717,24 @@ pub(crate) mod tests {
         let mut v = sample_manifest_json();
         v["preprocess"]["jpeg_draft"] = "yes".into();
         assert!(serde_json::from_value::<Manifest>(v).is_err());
+        // The draft factor: 1 when absent, 1-8 accepted, the rest refused with its name.
+        assert_eq!(
+            parse(sample_manifest_json())
+                .unwrap()
+                .manifest
+                .preprocess
+                .jpeg_draft_factor,
+            1
+        );
+        let mut v = sample_manifest_json();
+        v["preprocess"]["jpeg_draft_factor"] = 2.into();
+        assert_eq!(parse(v).unwrap().manifest.preprocess.jpeg_draft_factor, 2);
+        for bad in [0, 9] {
+            let mut v = sample_manifest_json();
+            v["preprocess"]["jpeg_draft_factor"] = bad.into();
+            let e = parse(v).unwrap_err().to_string();
+            assert!(e.contains("jpeg_draft_factor"), "{e}");
+        }
     }
 
     #[test]

@@ -105,8 +105,10 @@ pub struct PreparedImage {
 pub struct Preprocessor {
     width: u32,
     height: u32,
-    /// `preprocess.jpeg_draft`: decode JPEGs at Pillow's `draft()` DCT scale for `W × H`.
+    /// `preprocess.jpeg_draft`: decode JPEGs at Pillow's `draft()` DCT scale for
+    /// `jpeg_draft_factor × (W × H)`.
     jpeg_draft: bool,
+    jpeg_draft_factor: u32,
     /// `lut[c][v]` = `(v / (1/scale) - mean[c]) / std[c]`: 768 values replace per-pixel arithmetic
     /// and make the result independent of evaluation order.
     lut: Box<[[f32; 256]; 3]>,
@@ -154,6 +156,7 @@ impl Preprocessor {
             width,
             height,
             jpeg_draft: p.jpeg_draft,
+            jpeg_draft_factor: p.jpeg_draft_factor.clamp(1, 8),
             lut,
         })
     }
@@ -168,6 +171,14 @@ impl Preprocessor {
         self.jpeg_draft
     }
 
+    /// The size the draft is asked for: `preprocess.jpeg_draft_factor` times the output size.
+    pub fn draft_size(&self) -> (u32, u32) {
+        (
+            self.width.saturating_mul(self.jpeg_draft_factor),
+            self.height.saturating_mul(self.jpeg_draft_factor),
+        )
+    }
+
     /// Steps 1-2 as this bundle prescribes them: [`decode_with`], with the draft size when the
     /// manifest sets `preprocess.jpeg_draft`.
     pub fn decode(
@@ -175,7 +186,7 @@ impl Preprocessor {
         bytes: &[u8],
         limits: &ImageLimits,
     ) -> Result<DecodedImage, PreprocessError> {
-        let draft = self.jpeg_draft.then_some((self.width, self.height));
+        let draft = self.jpeg_draft.then(|| self.draft_size());
         decode_with(bytes, limits, draft)
     }
 

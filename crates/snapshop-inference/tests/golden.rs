@@ -97,9 +97,13 @@ fn golden_parity() {
 
     // --- preprocessing ------------------------------------------------------------------------
     let mut tensors = Vec::new();
+    let mut largest_jpeg = 0u64;
     for img in &golden.images {
         let bytes = std::fs::read(dir.join("golden").join(&img.file)).unwrap();
         let prepared = pre.prepare(&bytes, &limits).unwrap();
+        if prepared.format == "jpeg" {
+            largest_jpeg = largest_jpeg.max(u64::from(prepared.width) * u64::from(prepared.height));
+        }
         let t = prepared.tensor;
         let sum: f64 = t.iter().map(|v| f64::from(*v)).sum();
         let sample = img
@@ -122,6 +126,14 @@ fn golden_parity() {
         assert!(sample <= 1e-5, "{}: sample diff {sample}", img.file);
         assert!(sum_diff <= 1e-3, "{}: sum diff {sum_diff}", img.file);
         tensors.push(t);
+    }
+    // A bundle that decodes JPEGs at their DCT scale must prove it where the 1/8 scale is taken:
+    // on a 12 MP phone photo (export.phone_golden).
+    if bundle.manifest.preprocess.jpeg_draft {
+        assert!(
+            largest_jpeg >= 12_000_000,
+            "preprocess.jpeg_draft is on, but the largest golden JPEG has {largest_jpeg} pixels"
+        );
     }
 
     // EXIF: street_rot.jpg is stored rotated with orientation 6; without applying it the

@@ -3,6 +3,9 @@
 //!
 //! The catalogue is a split's gallery, ingested through the real ingest pipeline into a
 //! temporary data directory; the latency is the real search pipeline's own stage timings.
+//! [`catalogue`] grows that catalogue to N images and measures the service at that size.
+
+pub mod catalogue;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -55,7 +58,7 @@ pub struct BenchReport {
     pub p90_ms: Timings,
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -69,7 +72,7 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores available")
 }
 
-fn percentile(values: &mut [f64], p: f64) -> f64 {
+pub(crate) fn percentile(values: &mut [f64], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
@@ -78,7 +81,7 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
     values[i]
 }
 
-fn percentiles(all: &[Timings], p: f64) -> Timings {
+pub(crate) fn percentiles(all: &[Timings], p: f64) -> Timings {
     let pick = |f: fn(&Timings) -> f64| {
         let mut v: Vec<f64> = all.iter().map(f).collect();
         percentile(&mut v, p)
