@@ -3,9 +3,10 @@
 //! `fast_image_resize` figure (same filter, 16-bit coefficients, not bit-exact) is the speed
 //! reference.
 //!
-//! The `draft` group is the 12 MP decode + resize to the shipped bundle's 192 × 192, with and
-//! without `preprocess.jpeg_draft` (DCT-scaled decode, BUNDLE.md step 1b), on the committed
-//! phone-style fixture (`tests/fixtures/draft/phone_12mp.jpg`) and on the generated image.
+//! The `draft` group is the 12 MP decode + resize to the shipped bundle's 192 × 192, without
+//! `preprocess.jpeg_draft`, with it at factor 1 and at the shipped factor 2 (DCT-scaled decode,
+//! BUNDLE.md step 1b), on the committed phone-style fixture
+//! (`tests/fixtures/draft/phone_12mp.jpg`) and on the generated image.
 //!
 //! `cargo bench -p snapshop-inference --bench preprocess`
 
@@ -24,17 +25,17 @@ const SIDE: usize = 224;
 const SHIPPED_SIDE: usize = 192;
 
 fn manifest() -> Manifest {
-    manifest_for(SIDE, false)
+    manifest_for(SIDE, false, 1)
 }
 
-fn manifest_for(side: usize, jpeg_draft: bool) -> Manifest {
+fn manifest_for(side: usize, jpeg_draft: bool, jpeg_draft_factor: u32) -> Manifest {
     let json = serde_json::json!({
         "format_version": 1, "model_version": "bench", "backbone": "none",
         "input": {"height": side, "width": side, "channels": 3, "layout": "NCHW", "color": "RGB"},
         "preprocess": {"exif_transpose": true,
             "resize": {"method": "pillow_bilinear", "width": side, "height": side, "keep_aspect": false},
             "scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-            "jpeg_draft": jpeg_draft},
+            "jpeg_draft": jpeg_draft, "jpeg_draft_factor": jpeg_draft_factor},
         "embedding_dim": 4, "grid": {"h": 1, "w": 1}, "locations": 1,
         "tags": {"count": 0, "vocabulary": []},
         "graphs": {}, "metric": "cosine", "rerank": {"candidates": 1}, "files": {}
@@ -102,7 +103,8 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    // Decode + resize (+ normalise: `prepare`) to 192 x 192, full-size decode vs DCT-scaled.
+    // Decode + resize (+ normalise: `prepare`) to 192 x 192: a full-size decode, the draft for
+    // the input size (1/8 scale here) and the shipped draft for twice the input (1/4).
     let phone = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/draft/phone_12mp.jpg"),
@@ -111,9 +113,9 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("draft_12mp_to_192");
     g.sample_size(20);
     for (name, file) in [("phone_fixture", &phone), ("generated", &bytes)] {
-        for draft in [false, true] {
-            let pre = Preprocessor::new(&manifest_for(SHIPPED_SIDE, draft)).expect("preprocessor");
-            let label = if draft { "draft" } else { "full" };
+        for (draft, factor, label) in [(false, 1, "full"), (true, 1, "draft1"), (true, 2, "draft2")] {
+            let pre = Preprocessor::new(&manifest_for(SHIPPED_SIDE, draft, factor))
+                .expect("preprocessor");
             g.bench_function(format!("{name}_decode_resize_{label}"), |b| {
                 b.iter(|| {
                     let d = pre.decode(black_box(file), &limits).unwrap();

@@ -312,16 +312,29 @@ async fn load_product(conn: &mut SqliteConnection, id: i64) -> Result<ProductRec
     Ok(product)
 }
 
+/// One product's embeddings by one model. CROSS JOIN fixes SQLite's join order: from the
+/// product's images (`images_by_product`) to their embeddings (the `(image_id, model_version)`
+/// key). Left to itself the planner walks `embeddings_by_model`, i.e. every embedding of the
+/// model, inside every write transaction: a write then cost O(catalogue), and past ~25k images
+/// concurrent writes waited out the busy timeout (`snapshop bench --catalogue` found it).
+const EMBEDDINGS_OF_PRODUCT: &str = "SELECT e.id, e.image_id, e.vector \
+     FROM images i CROSS JOIN embeddings e ON e.image_id = i.id \
+     WHERE i.product_id = $1 AND e.model_version = $2 ORDER BY e.id";
+
+/// Several products' embeddings by one model, with their product (the change feed's
+/// `product_states`); the join order as in [`EMBEDDINGS_OF_PRODUCT`].
+const EMBEDDINGS_OF_PRODUCTS: &str = "SELECT e.id, e.image_id, i.product_id, e.vector \
+     FROM images i CROSS JOIN embeddings e ON e.image_id = i.id \
+     WHERE i.product_id IN (SELECT value FROM json_each($1)) AND e.model_version = $2 \
+     ORDER BY e.id";
+
 /// The product's embeddings by `model_version`, by key.
 async fn embeddings_of(
     conn: &mut SqliteConnection,
     product_id: i64,
     model_version: &str,
 ) -> Result<Vec<StoredEmbedding>> {
-    let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT e.id, e.image_id, e.vector FROM embeddings e JOIN images i ON i.id = e.image_id \
-         WHERE i.product_id = $1 AND e.model_version = $2 ORDER BY e.id",
-    )
+    let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(EMBEDDINGS_OF_PRODUCT)
     .bind(product_id)
     .bind(model_version)
     .fetch_all(&mut *conn)
@@ -994,12 +1007,7 @@ impl FeedStore for SqliteStore {
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
-        let embeddings: Vec<assemble::EmbeddingRow> = sqlx::query_as(
-            "SELECT e.id, e.image_id, i.product_id, e.vector \
-             FROM embeddings e JOIN images i ON i.id = e.image_id \
-             WHERE i.product_id IN (SELECT value FROM json_each($1)) AND e.model_version = $2 \
-             ORDER BY e.id",
-        )
+        let embeddings: Vec<assemble::EmbeddingRow> = sqlx::query_as(EMBEDDINGS_OF_PRODUCTS)
         .bind(&ids)
         .bind(model_version)
         .fetch_all(&mut *tx)
@@ -1128,6 +1136,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
         (dir, s)
+    }
+
+    /// A write reads its product's embeddings through the product's images, never by walking
+    /// every embedding of the model (which made each write O(catalogue)).
+    #[tokio::test]
+    async fn embedding_reads_start_from_the_products_images() {
+        let (_dir, s) = store().await;
+        for (sql, args) in [
+            (EMBEDDINGS_OF_PRODUCT, ("1", "m")),
+            (EMBEDDINGS_OF_PRODUCTS, ("[1, 2]", "m")),
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .bind(args.0)
+                    .bind(args.1)
+                    .fetch_all(&s.pool)
+                    .await
+                    .unwrap();
+            let steps: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
+            assert!(
+                steps.iter().any(|d| d.contains("images_by_product")),
+                "{steps:?}"
+            );
+            assert!(
+                !steps.iter().any(|d| d.contains("embeddings_by_model")),
+                "{steps:?}"
+            );
+        }
     }
 
     fn image(sha: &str, v: f32) -> NewImage {
