@@ -113,7 +113,8 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("draft_12mp_to_192");
     g.sample_size(20);
     for (name, file) in [("phone_fixture", &phone), ("generated", &bytes)] {
-        for (draft, factor, label) in [(false, 1, "full"), (true, 1, "draft1"), (true, 2, "draft2")] {
+        for (draft, factor, label) in [(false, 1, "full"), (true, 1, "draft1"), (true, 2, "draft2")]
+        {
             let pre = Preprocessor::new(&manifest_for(SHIPPED_SIDE, draft, factor))
                 .expect("preprocessor");
             g.bench_function(format!("{name}_decode_resize_{label}"), |b| {

@@ -335,10 +335,10 @@ async fn embeddings_of(
     model_version: &str,
 ) -> Result<Vec<StoredEmbedding>> {
     let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(EMBEDDINGS_OF_PRODUCT)
-    .bind(product_id)
-    .bind(model_version)
-    .fetch_all(&mut *conn)
-    .await?;
+        .bind(product_id)
+        .bind(model_version)
+        .fetch_all(&mut *conn)
+        .await?;
     rows.into_iter()
         .map(|(key, image_id, blob)| {
             Ok(StoredEmbedding {
@@ -1008,10 +1008,10 @@ impl FeedStore for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         let embeddings: Vec<assemble::EmbeddingRow> = sqlx::query_as(EMBEDDINGS_OF_PRODUCTS)
-        .bind(&ids)
-        .bind(model_version)
-        .fetch_all(&mut *tx)
-        .await?;
+            .bind(&ids)
+            .bind(model_version)
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
         assemble::states(products, tags, embeddings)
     }
