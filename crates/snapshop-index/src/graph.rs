@@ -459,7 +459,7 @@ mod tests {
         let g = Graph::build(&cfg, &data, &AtomicBool::new(false)).expect("build");
         g.dump(&dir).expect("dump");
         let h = Graph::load(&dir).expect("load");
-        assert_eq!((h.len(), h.max_connections()), (300, 16));
+        assert_eq!((h.len(), h.max_connections()), (300, cfg.max_connections));
         for i in 0..20 {
             let q = &data[i * 16..(i + 1) * 16];
             assert_eq!(g.search(q, 10, 64), h.search(q, 10, 64));

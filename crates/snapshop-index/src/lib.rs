@@ -70,6 +70,9 @@ pub struct IndexConfig {
     #[serde(skip)]
     pub dim: usize,
     /// HNSW M: links per point per layer (twice that on layer 0). hnsw_rs allows 2..=255.
+    /// 32 by default: with 16, families of more than ~32 near-identical images (one product
+    /// photo under many merchants, many variants) close in on themselves and recall@256 at
+    /// 100k fell to 0.75 (docs/performance.md, part 4).
     pub max_connections: usize,
     /// Candidate list width while building the graph.
     pub ef_construction: usize,
@@ -108,7 +111,7 @@ impl IndexConfig {
     pub fn new(dim: usize) -> Self {
         Self {
             dim,
-            max_connections: 16,
+            max_connections: 32,
             ef_construction: 200,
             ef_search: 256,
             fresh_capacity: 4096,
