@@ -162,15 +162,18 @@ pub fn split_rows(
     Ok(rows)
 }
 
+/// The merchant [`ingest_gallery`] ingests under.
+pub const GALLERY_MERCHANT: &str = "eval";
+
 /// Ingests every shop image of `rows` through the ingest pipeline, one product per product id
-/// (tags: the union of its shop rows' tags), under the merchant `eval`. Returns the number of
+/// (tags: the union of its shop rows' tags), under [`GALLERY_MERCHANT`]. Returns the number of
 /// products and images.
 pub async fn ingest_gallery(
     state: &AppState,
     rows: &[ManifestRow],
     concurrency: usize,
 ) -> anyhow::Result<(usize, usize)> {
-    ingest_gallery_as(state, rows, concurrency, "eval").await
+    ingest_gallery_as(state, rows, concurrency, GALLERY_MERCHANT).await
 }
 
 /// [`ingest_gallery`] under another merchant (`snapshop bench --catalogue` ingests the gallery

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import (FORMAT_VERSION, HEIC_GOLDEN, PHONE_GOLDEN, OnnxBundle, _floats, bundle_files, heic_golden,
-                     phone_golden, session, sha256)
-from .preprocess import DRAFT_FACTOR, RESIZE_METHOD, ImageLoadError, jpeg_draft_of, preprocess_file
+from .export import (FORMAT_VERSION, HEIC_GOLDEN, PHONE_GOLDEN, OnnxBundle, _describe, _floats, bundle_files,
+                     heic_golden, phone_golden, session, sha256)
+from .preprocess import DRAFT_FACTOR, RESIZE_METHOD, ImageLoadError, jpeg_draft_of
 
 REQUIRED = ("format_version", "model_version", "input", "preprocess", "embedding_dim", "grid", "locations", "tags",
             "graphs", "files")
@@ -109,19 +109,6 @@ def add_heic_golden(bundle: Path) -> list[str]:
     return written
 
 
-def redescribe(onnx: OnnxBundle, gdir: Path, entry: dict) -> dict:
-    """`entry` recomputed with `onnx`'s preprocessing: the same sample positions, new values."""
-    x = preprocess_file(gdir / entry["file"], onnx.size, onnx.jpeg_draft)
-    e = dict(entry, preprocessed_sum=float(x.astype(np.float64).sum()),
-             preprocessed_sample=[[c, y, xx, float(x[c, y, xx])] for c, y, xx, _ in entry["preprocessed_sample"]])
-    if entry["domain"] == "user":
-        f, emb = onnx.embed_user(gdir / entry["file"])
-        e.update(embedding=_floats(emb), features=_floats(f))
-    else:
-        e.update(embedding=_floats(onnx.embed_shop(gdir / entry["file"], entry["tags"])))
-    return e
-
-
 def enable_jpeg_draft(bundle: Path, factor: int = DRAFT_FACTOR) -> str:
     """Set `preprocess.jpeg_draft` (and `jpeg_draft_factor` above 1) in `bundle`, redo its golden
     outputs with it (the 12 MP photo added), rename the model version with a `-draft` suffix,
@@ -137,7 +124,10 @@ def enable_jpeg_draft(bundle: Path, factor: int = DRAFT_FACTOR) -> str:
     onnx = OnnxBundle(bundle, manifest["tags"]["vocabulary"], manifest["input"]["height"], factor)
     gdir = bundle / "golden"
     golden = json.loads((gdir / "golden.json").read_text())
-    images = [redescribe(onnx, gdir, e) for e in golden["images"] if e["file"] != PHONE_GOLDEN]
+    # Every entry redone with the draft decode, at the sample positions it had.
+    images = [_describe(onnx, gdir, e["file"], e["domain"], None, e.get("tags"),
+                        picks=[(c, y, x) for c, y, x, _ in e["preprocessed_sample"]])
+              for e in golden["images"] if e["file"] != PHONE_GOLDEN]
     images += phone_golden(onnx, gdir)
     by_file = {e["file"]: e for e in images}
     rr = golden["rerank"]

@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .evaluate import p_at_k
 from .evaluate_real import eval_sets
-from .export import OnnxBundle
-from .preprocess import load_rgb, resize, to_tensor
+from .export import OnnxBundle, phone_sized
+from .preprocess import load_rgb, preprocess_file
 from .train import machine_description
 
 log = logging.getLogger("snapshop_ml.draft_check")
@@ -41,23 +40,18 @@ HERE = Path(__file__).resolve().parent.parent  # models/
 KS = (1, 5, 10, 20)
 
 
-def phone_sized(src: Path, out: Path, seed: int) -> Path:
-    """`src` upscaled to 12 MP with seeded noise, as a quality-90 JPEG (made once)."""
+def phone_query(src: Path, out: Path, seed: int) -> Path:
+    """`src` as a 12 MP phone-sized JPEG (`export.phone_sized`, quality 90), made once."""
     if not out.is_file():
-        img = load_rgb(src)
-        w, h = img.size
-        size = (4000, 3000) if w >= h else (3000, 4000)
-        a = np.asarray(img.resize(size, Image.Resampling.BICUBIC)).astype(np.int16)
-        a += np.random.default_rng(seed).integers(-4, 5, size=a.shape, dtype=np.int16)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp.jpg")
-        Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(tmp, quality=90)
+        phone_sized(load_rgb(src), seed).save(tmp, quality=90)
         tmp.rename(out)
     return out
 
 
 def tensor(path: Path, size: int, factor: int) -> np.ndarray:
-    return to_tensor(resize(load_rgb(path, (factor * size, factor * size) if factor else None), size))[None]
+    return preprocess_file(path, size, factor)[None]
 
 
 def run(bundle: Path, data: Path, split: str, factors: list[int], work: Path) -> dict:
@@ -65,7 +59,7 @@ def run(bundle: Path, data: Path, split: str, factors: list[int], work: Path) ->
     size = manifest["input"]["height"]
     onnx = OnnxBundle(bundle, manifest["tags"]["vocabulary"], size)
     es = eval_sets(data, (split,))[split]
-    phone = [phone_sized(Path(p), work / data.parent.name / split / f"{i:05d}.jpg", i)
+    phone = [phone_query(Path(p), work / data.parent.name / split / f"{i:05d}.jpg", i)
              for i, p in enumerate(es.query_paths)]
     rows: dict[str, dict] = {}
     for k in factors:
@@ -109,7 +103,7 @@ def main(argv=None) -> int:
     print("| decode | " + " | ".join(f"P@{k}" for k in KS) + " |")
     print("|---|" + "---|" * len(KS))
     for label, r in report["rows"].items():
-        print(f"| {label} | " + " | ".join(f"{r[str(k)] if str(k) in r else r[k]:.3f}" for k in KS) + " |")
+        print(f"| {label} | " + " | ".join(f"{r[str(k)]:.3f}" for k in KS) + " |")
     print(f"\nwrote {out}")
     return 0
 

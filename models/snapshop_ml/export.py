@@ -220,10 +220,15 @@ def _floats(a) -> list:
     return np.round(np.asarray(a, dtype=np.float64), 7).tolist()
 
 
-def _describe(onnx: OnnxBundle, gdir: Path, name: str, domain: str, rng: np.random.Generator, tags=None) -> dict:
-    """The golden entry of one fixture image: preprocessing checksums and the graph outputs."""
+def _describe(onnx: OnnxBundle, gdir: Path, name: str, domain: str, rng: np.random.Generator | None, tags=None,
+              picks: list | None = None) -> dict:
+    """The golden entry of one fixture image: preprocessing checksums and the graph outputs.
+    The 16 sampled positions are drawn from `rng`, or given as `picks` ((c, y, x) each) to redo
+    an entry at the positions it had."""
     x = preprocess_file(gdir / name, onnx.size, onnx.jpeg_draft)
-    picks = [(int(rng.integers(3)), int(rng.integers(onnx.size)), int(rng.integers(onnx.size))) for _ in range(16)]
+    if picks is None:
+        picks = [(int(rng.integers(3)), int(rng.integers(onnx.size)), int(rng.integers(onnx.size)))
+                 for _ in range(16)]
     e = {"file": name, "domain": domain, "preprocessed_sum": float(x.astype(np.float64).sum()),
          "preprocessed_sample": [[c, y, xx, float(x[c, y, xx])] for c, y, xx in picks]}
     if domain == "user":
@@ -252,10 +257,20 @@ def heic_golden(onnx: OnnxBundle, gdir: Path) -> list[dict]:
     return [_describe(onnx, gdir, name, "user", rng) for name in HEIC_GOLDEN]
 
 
-# A 12 MP phone photo (4000 x 3000 JPEG): the file that `preprocess.jpeg_draft` decodes at 1/8
-# scale. Made from street_0 (a 4:3 crop, upscaled, with seeded sensor-like noise so it costs what
-# a real phone photo costs to decode); its sample positions have their own generator too.
+# A 12 MP phone photo (4000 x 3000 JPEG): the file on which `preprocess.jpeg_draft` takes a DCT
+# scale (1/4 at the pipeline's factor 2). Made from street_0 (a 4:3 crop, upscaled, with seeded
+# sensor-like noise so it costs what a real phone photo costs to decode); its sample positions
+# have their own generator too.
 PHONE_GOLDEN = "street_12mp.jpg"
+
+
+def phone_sized(img: Image.Image, seed: int) -> Image.Image:
+    """`img` upscaled (bicubic) to 12 MP, 4000 x 3000 or 3000 x 4000 as it is wide or tall, with
+    seeded noise of +-4 levels: a file as costly to decode as a phone photo, with no more detail."""
+    w, h = img.size
+    a = np.asarray(img.resize((4000, 3000) if w >= h else (3000, 4000), Image.Resampling.BICUBIC)).astype(np.int16)
+    a += np.random.default_rng(seed).integers(-4, 5, size=a.shape, dtype=np.int16)
+    return Image.fromarray(a.clip(0, 255).astype(np.uint8))
 
 
 def phone_golden(onnx: OnnxBundle, gdir: Path) -> list[dict]:
@@ -263,10 +278,7 @@ def phone_golden(onnx: OnnxBundle, gdir: Path) -> list[dict]:
     upright = load_rgb(gdir / "street_0.jpg")
     w, h = upright.size
     top = (h - h * 3 // 4) // 2
-    big = upright.crop((0, top, w, top + h * 3 // 4)).resize((4000, 3000), Image.Resampling.BICUBIC)
-    a = np.asarray(big).astype(np.int16)
-    a += np.random.default_rng(12).integers(-4, 5, size=a.shape, dtype=np.int16)
-    Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(gdir / PHONE_GOLDEN, quality=88)
+    phone_sized(upright.crop((0, top, w, top + h * 3 // 4)), 12).save(gdir / PHONE_GOLDEN, quality=88)
     return [_describe(onnx, gdir, PHONE_GOLDEN, "user", np.random.default_rng(13))]
 
 

@@ -64,18 +64,23 @@ def test_manifest_matches_contract(exported):
     assert bundle_cli.verify(out)["model_version"] == manifest["model_version"]
 
 
+def _embeddings_reproduce(onnx: OnnxBundle, gdir: Path, golden: dict) -> None:
+    """Every golden entry's embedding, recomputed through `onnx`, matches to 1e-5."""
+    for e in golden["images"]:
+        if e["domain"] == "user":
+            _, emb = onnx.embed_user(gdir / e["file"])
+        else:
+            emb = onnx.embed_shop(gdir / e["file"], e["tags"])
+        np.testing.assert_allclose(emb, e["embedding"], atol=1e-5, err_msg=e["file"])
+
+
 def test_golden_outputs_reproduce(exported):
     _, out, _ = exported
     golden = json.loads((out / "golden" / "golden.json").read_text())
     onnx = OnnxBundle(out, VOCAB, 64)
     files = {e["file"] for e in golden["images"]}
     assert {"street_0.jpg", "street_rot.jpg", "shop_0.png", "street_heic.heic", "street_heic_rot.heic"} <= files
-    for e in golden["images"]:
-        if e["domain"] == "user":
-            _, emb = onnx.embed_user(out / "golden" / e["file"])
-        else:
-            emb = onnx.embed_shop(out / "golden" / e["file"], e["tags"])
-        np.testing.assert_allclose(emb, e["embedding"], atol=1e-5)
+    _embeddings_reproduce(onnx, out / "golden", golden)
     # The EXIF-rotated copy decodes upright: close to the original (only JPEG re-encoding differs).
     by = {e["file"]: np.asarray(e["embedding"]) for e in golden["images"]}
     assert by["street_rot.jpg"] @ by["street_0.jpg"] > 0.98
@@ -119,16 +124,11 @@ def test_enable_jpeg_draft_redoes_the_golden_outputs(exported, tmp_path):
     assert m["preprocess"]["jpeg_draft"] is True and m["preprocess"]["jpeg_draft_factor"] == 2
     golden = json.loads((copy / "golden/golden.json").read_text())
     assert golden["model_version"] == version
-    onnx = OnnxBundle(copy, VOCAB, 64, jpeg_draft=2)
+    _embeddings_reproduce(OnnxBundle(copy, VOCAB, 64, jpeg_draft=2), copy / "golden", golden)
     for e in golden["images"]:
-        if e["domain"] == "user":
-            _, emb = onnx.embed_user(copy / "golden" / e["file"])
-        else:
-            emb = onnx.embed_shop(copy / "golden" / e["file"], e["tags"])
-        np.testing.assert_allclose(emb, e["embedding"], atol=1e-5)
         if e["file"] != PHONE_GOLDEN and e["file"] in before:
-            # The small fixtures (at most 90 px) are under twice the 64 px input: no DCT scale.
-            # (Under the factor 2 they would be up to 255 px.)
+            # The small fixtures (at most 90 px) are under twice the draft size (2 x 2 x 64 px):
+            # no DCT scale, the same pixels.
             assert e["preprocessed_sum"] == before[e["file"]]["preprocessed_sum"]
     with Image.open(copy / "golden" / PHONE_GOLDEN) as im:
         assert im.size == (4000, 3000)

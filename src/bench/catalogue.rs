@@ -30,15 +30,15 @@ use serde::Serialize;
 use snapshop_index::{IndexConfig, IndexStats, Key};
 use snapshop_store::NewImage;
 
-use super::{machine, percentile, percentiles, BenchOptions};
+use super::{machine, percentile, percentiles, search_options, BenchOptions};
 use crate::app::{init_state, shutdown_state, start_background, Backend};
 use crate::config::Config;
 use crate::core::{AppState, Serving};
-use crate::eval::{ingest_gallery, ingest_gallery_as, split_rows, ManifestRow};
+use crate::eval::{ingest_gallery, ingest_gallery_as, split_rows, ManifestRow, GALLERY_MERCHANT};
 use crate::ids::Merchant;
 use crate::ingest::{self, NewProduct};
 use crate::search::filter::TagFilter;
-use crate::search::{self, RawOptions, Timings};
+use crate::search::{self, Timings};
 use crate::view::SearchView;
 
 /// What `--catalogue` adds to [`BenchOptions`].
@@ -335,7 +335,10 @@ async fn sources(state: &AppState, serving: &Serving) -> anyhow::Result<Vec<Sour
     let mut out = Vec::new();
     let mut after = None;
     loop {
-        let page = state.store().list_products("eval", after, 500).await?;
+        let page = state
+            .store()
+            .list_products(GALLERY_MERCHANT, after, 500)
+            .await?;
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         for p in page {
@@ -501,20 +504,6 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn search_options(
-    state: &AppState,
-    candidates: usize,
-    rerank: bool,
-) -> anyhow::Result<search::SearchOptions> {
-    Ok(RawOptions {
-        k: Some(20),
-        candidates: Some(candidates),
-        rerank: Some(rerank),
-        ..Default::default()
-    }
-    .resolve(&state.config().search)?)
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn checkpoint(
     state: &AppState,
@@ -610,7 +599,7 @@ fn measure_first_pass(
         passing_images: allowed.len(),
         passing_fraction: allowed.len() as f64 / live as f64,
         queries: queries.len(),
-        p50_ms: percentile(&mut ms.clone(), 0.5),
+        p50_ms: percentile(&mut ms, 0.5),
         p99_ms: percentile(&mut ms, 0.99),
         recall: recalls.iter().sum::<f64>() / recalls.len().max(1) as f64,
     })

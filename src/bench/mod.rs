@@ -95,6 +95,22 @@ pub(crate) fn percentiles(all: &[Timings], p: f64) -> Timings {
     }
 }
 
+/// A search of the top 20 over `candidates`, re-ranked or not, with the same defaults and bounds
+/// as the HTTP API.
+pub(crate) fn search_options(
+    state: &AppState,
+    candidates: usize,
+    rerank: bool,
+) -> anyhow::Result<search::SearchOptions> {
+    Ok(RawOptions {
+        k: Some(20),
+        candidates: Some(candidates),
+        rerank: Some(rerank),
+        ..Default::default()
+    }
+    .resolve(&state.config().search)?)
+}
+
 pub async fn run(state: &AppState, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let rows = split_rows(&opts.manifest, &opts.split, opts.limit_products)?;
     let started = Instant::now();
@@ -165,14 +181,7 @@ pub async fn run(state: &AppState, opts: &BenchOptions) -> anyhow::Result<BenchR
             .await
             .with_context(|| format!("cannot read {}", opts.image.display()))?,
     );
-    // The same defaults and bounds as the HTTP API.
-    let search_opts = RawOptions {
-        k: Some(20),
-        candidates: Some(opts.candidates),
-        rerank: Some(true),
-        ..Default::default()
-    }
-    .resolve(&state.config().search)?;
+    let search_opts = search_options(state, opts.candidates, true)?;
     for _ in 0..2 {
         search::search(state, photo.clone(), &search_opts).await?;
     }

@@ -332,16 +332,7 @@ pub async fn create_product(
     new: NewProduct,
     files: Vec<Bytes>,
 ) -> Result<Ingested, IngestError> {
-    core.check_store().map_err(IngestError::Store)?;
-    validate_product_id(&new.id)?;
-    validate_title(&new.title)?;
-    validate_attributes(&new.attributes)?;
-    let tags = normalise_tags(new.tags.clone())?;
-    if files.is_empty() {
-        return Err(IngestError::Invalid(
-            "a product needs at least one image".into(),
-        ));
-    }
+    let tags = validate_new(core, &new, files.len())?;
     check_count(core, &files)?;
     // Fail fast before the expensive part; the insert still catches a race.
     check_new(core, merchant, &new.id, files.len()).await?;
@@ -367,16 +358,7 @@ pub async fn create_product_embedded(
     new: NewProduct,
     images: Vec<NewImage>,
 ) -> Result<Ingested, IngestError> {
-    core.check_store().map_err(IngestError::Store)?;
-    validate_product_id(&new.id)?;
-    validate_title(&new.title)?;
-    validate_attributes(&new.attributes)?;
-    let tags = normalise_tags(new.tags.clone())?;
-    if images.is_empty() {
-        return Err(IngestError::Invalid(
-            "a product needs at least one image".into(),
-        ));
-    }
+    let tags = validate_new(core, &new, images.len())?;
     let dim = serving.model.embedding_dim();
     if let Some(bad) = images.iter().find(|i| i.embedding.len() != dim) {
         return Err(IngestError::Invalid(format!(
@@ -390,6 +372,22 @@ pub async fn create_product_embedded(
         .ok_or_else(|| {
             IngestError::Invalid("the model was switched while the product was written".into())
         })
+}
+
+/// A new product's fields, checked (the store up, id, title, attributes, at least one image);
+/// returns its normalised tags.
+fn validate_new(core: &Core, new: &NewProduct, images: usize) -> Result<Vec<String>, IngestError> {
+    core.check_store().map_err(IngestError::Store)?;
+    validate_product_id(&new.id)?;
+    validate_title(&new.title)?;
+    validate_attributes(&new.attributes)?;
+    let tags = normalise_tags(new.tags.clone())?;
+    if images == 0 {
+        return Err(IngestError::Invalid(
+            "a product needs at least one image".into(),
+        ));
+    }
+    Ok(tags)
 }
 
 /// The cheap checks before a product is created: quota (the insert checks again, atomically)
