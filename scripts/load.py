@@ -6,8 +6,11 @@ then sends the split's street photos to POST /v1/search from `--concurrency` thr
 number of requests in all, and prints throughput, latency percentiles, errors by status, and the
 server's own batching (mean requests per model call, from /metrics).
 
-    scripts/serve.sh --listen 127.0.0.1:8080 &   # then:
-    .venv/bin/python scripts/load.py --url http://127.0.0.1:8080 --ingest --concurrency 4 --requests 300
+    scripts/serve.sh --listen 127.0.0.1:8080 &   # then, with a key that may write merchant `load`:
+    SNAPSHOP_API_KEY=... .venv/bin/python scripts/load.py --url http://127.0.0.1:8080 --ingest --concurrency 4 --requests 300
+
+The key (`--api-key`, default `$SNAPSHOP_API_KEY`) is sent as `Authorization: Bearer`; a server
+in `auth.dev_mode` needs none.
 
 Only the standard library is used.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import statistics
 import sys
@@ -30,8 +34,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
+API_KEY: str | None = None  # set by main(); sent on every request when present
+
+
+def headers(content_type: str | None = None) -> dict[str, str]:
+    h = {"content-type": content_type} if content_type else {}
+    if API_KEY:
+        h["authorization"] = f"Bearer {API_KEY}"
+    return h
+
+
 def post(url: str, body: bytes, content_type: str, timeout: float = 60.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method="POST", headers={"content-type": content_type})
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers(content_type))
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
@@ -100,7 +114,11 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--requests", type=int, default=200, help="total search requests (bounded)")
     ap.add_argument("--max-seconds", type=float, default=300.0, help="stop sending after this long")
+    ap.add_argument("--api-key", default=os.environ.get("SNAPSHOP_API_KEY"),
+                    help="sent as Authorization: Bearer (default $SNAPSHOP_API_KEY; none for a dev-mode server)")
     args = ap.parse_args()
+    global API_KEY
+    API_KEY = args.api_key
     if not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         print("error: this load script only targets the loopback interface", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use snapshop_inference::Device;
+use snapshop_inference::{Device, Threading};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, DeviceKind};
@@ -255,7 +255,10 @@ pub fn loader(config: &Config, backend: Backend) -> anyhow::Result<Arc<dyn Model
                     DeviceKind::Cpu => Device::Cpu,
                     DeviceKind::Cuda => Device::Cuda,
                 },
-                intra_threads: config.intra_threads,
+                threading: Threading {
+                    intra_threads: config.intra_threads,
+                    spinning: config.intra_spinning,
+                },
                 queue: config.queue.clone(),
             })
         }

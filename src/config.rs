@@ -72,6 +72,8 @@ pub struct Config {
     pub ort_dylib: Option<PathBuf>,
     /// Intra-op threads per ONNX session; 0 lets ONNX Runtime choose.
     pub intra_threads: usize,
+    /// Whether ONNX Runtime's idle intra-op threads spin before sleeping (its default).
+    pub intra_spinning: bool,
     /// Log format on stderr.
     pub log_format: LogFormat,
     /// The catalogue store: `sqlite://PATH`, or `postgres://…` / `postgresql://…` (an existing
@@ -318,6 +320,7 @@ impl Default for Config {
             device: DeviceKind::Cpu,
             ort_dylib: None,
             intra_threads: 0,
+            intra_spinning: true,
             log_format: LogFormat::Text,
             database_url: None,
             limits: Limits::default(),
@@ -384,6 +387,9 @@ pub struct Overrides {
     /// Intra-op threads per ONNX session (0 = ONNX Runtime's choice).
     #[arg(long)]
     pub intra_threads: Option<usize>,
+    /// Whether idle intra-op threads spin before sleeping (`--intra-spinning false` turns it off).
+    #[arg(long)]
+    pub intra_spinning: Option<bool>,
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -458,6 +464,9 @@ impl Config {
         }
         if let Some(v) = o.intra_threads {
             self.intra_threads = v;
+        }
+        if let Some(v) = o.intra_spinning {
+            self.intra_spinning = v;
         }
         if let Some(v) = o.log_format {
             self.log_format = v;

@@ -14,7 +14,8 @@ use bytes::Bytes;
 use ndarray::{Array2, Array3};
 use snapshop_inference::{
     ActiveDevice, Backend, Bundle, Device, FakeBackend, ImageLimits, InferenceError,
-    InferenceQueue, ModelDims, OrtBackend, Preprocessor, QueueConfig, RerankOutput, UserOutput,
+    InferenceQueue, ModelDims, OrtBackend, Preprocessor, QueueConfig, RerankOutput, Threading,
+    UserOutput,
 };
 
 use crate::error::{Coded, ErrorCode};
@@ -199,7 +200,7 @@ pub trait ModelLoader: Send + Sync + 'static {
 /// The production loader: ONNX Runtime sessions on the configured device.
 pub struct OrtLoader {
     pub device: Device,
-    pub intra_threads: usize,
+    pub threading: Threading,
     pub queue: QueueConfig,
 }
 
@@ -208,7 +209,7 @@ impl ModelLoader for OrtLoader {
         let bundle = Bundle::load(dir)
             .with_context(|| format!("cannot load the model bundle {}", dir.display()))?;
         let backend =
-            OrtBackend::load(&bundle, self.device, self.intra_threads).with_context(|| {
+            OrtBackend::load(&bundle, self.device, self.threading).with_context(|| {
                 format!(
                     "the model bundle {} does not match its graphs or cannot run",
                     dir.display()

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use snapshop_inference::{
     Bundle, Device, ImageLimits, InferenceError, InferenceQueue, OrtBackend, Preprocessor,
-    QueueConfig,
+    QueueConfig, Threading,
 };
 
 fn main() -> Result<(), InferenceError> {
@@ -30,7 +30,7 @@ fn main() -> Result<(), InferenceError> {
         source: e,
     })?;
     let prepared = pre.prepare(&bytes, &ImageLimits::default())?;
-    let backend = OrtBackend::load(&bundle, device, 0)?;
+    let backend = OrtBackend::load(&bundle, device, Threading::default())?;
     let queue = InferenceQueue::start(backend, QueueConfig::default());
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()

@@ -46,6 +46,37 @@ impl fmt::Display for ActiveDevice {
     }
 }
 
+/// ONNX Runtime's CPU threading for each of a backend's sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Threading {
+    /// Intra-op threads per session; 0 keeps ONNX Runtime's default (one per physical core).
+    pub intra_threads: usize,
+    /// Whether idle intra-op threads spin before they sleep (ONNX Runtime's default: yes).
+    /// Spinning shortens the next call's start and burns a core meanwhile, which on a small
+    /// machine is the core that decodes the next photo.
+    pub spinning: bool,
+}
+
+impl Default for Threading {
+    /// ONNX Runtime's own defaults.
+    fn default() -> Self {
+        Threading {
+            intra_threads: 0,
+            spinning: true,
+        }
+    }
+}
+
+impl Threading {
+    /// `intra_threads` per session, spinning as ONNX Runtime does by default.
+    pub fn intra(intra_threads: usize) -> Self {
+        Threading {
+            intra_threads,
+            ..Threading::default()
+        }
+    }
+}
+
 /// The fixed dimensions of a model, used by the queue to refuse malformed requests before they
 /// can spoil a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,26 +195,20 @@ impl OrtBackend {
     /// has not been called. With [`Device::Cuda`], the CUDA execution provider is registered with
     /// `error_on_failure`; if registration or session creation fails, the failure is logged as a
     /// warning and all graphs are opened on CPU instead ([`OrtBackend::device`] tells which).
-    /// `intra_threads` = 0 keeps ONNX Runtime's default (one per physical core).
+    /// Every session gets the same `threading`.
     pub fn load(
         bundle: &Bundle,
         device: Device,
-        intra_threads: usize,
+        threading: Threading,
     ) -> Result<Self, InferenceError> {
         let env = runtime::environment()?;
         let (sessions, active) = match device {
-            Device::Cpu => (
-                open_all(env, bundle, false, intra_threads)?,
-                ActiveDevice::Cpu,
-            ),
-            Device::Cuda => match open_all(env, bundle, true, intra_threads) {
+            Device::Cpu => (open_all(env, bundle, false, threading)?, ActiveDevice::Cpu),
+            Device::Cuda => match open_all(env, bundle, true, threading) {
                 Ok(s) => (s, ActiveDevice::Cuda),
                 Err(e) => {
                     tracing::warn!(error = %e, "CUDA unavailable, falling back to CPU");
-                    (
-                        open_all(env, bundle, false, intra_threads)?,
-                        ActiveDevice::Cpu,
-                    )
+                    (open_all(env, bundle, false, threading)?, ActiveDevice::Cpu)
                 }
             },
         };
@@ -226,10 +251,9 @@ fn open_all(
     env: &ort::environment::Environment,
     bundle: &Bundle,
     cuda: bool,
-    intra_threads: usize,
+    threading: Threading,
 ) -> Result<[Session; 3], InferenceError> {
-    let open =
-        |kind: GraphKind| open_session(env, &bundle.graph_path(kind), kind, cuda, intra_threads);
+    let open = |kind: GraphKind| open_session(env, &bundle.graph_path(kind), kind, cuda, threading);
     Ok([
         open(GraphKind::Shop)?,
         open(GraphKind::User)?,
@@ -242,7 +266,7 @@ fn open_session(
     path: &Path,
     kind: GraphKind,
     cuda: bool,
-    intra_threads: usize,
+    threading: Threading,
 ) -> Result<Session, InferenceError> {
     let err = |what: &str, e: &dyn fmt::Display| {
         InferenceError::Runtime(format!(
@@ -256,10 +280,15 @@ fn open_session(
     builder = builder
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| err("setting the optimisation level", &e))?;
-    if intra_threads > 0 {
+    if threading.intra_threads > 0 {
         builder = builder
-            .with_intra_threads(intra_threads)
+            .with_intra_threads(threading.intra_threads)
             .map_err(|e| err("setting intra-op threads", &e))?;
+    }
+    if !threading.spinning {
+        builder = builder
+            .with_intra_op_spinning(false)
+            .map_err(|e| err("turning intra-op spinning off", &e))?;
     }
     if cuda {
         builder = builder

@@ -17,7 +17,7 @@ pub mod preprocess;
 pub mod queue;
 pub mod runtime;
 
-pub use backend::{ActiveDevice, Backend, Device, ModelDims, OrtBackend};
+pub use backend::{ActiveDevice, Backend, Device, ModelDims, OrtBackend, Threading};
 pub use bundle::{Bundle, GraphKind, Manifest};
 pub use error::InferenceError;
 pub use fake::FakeBackend;

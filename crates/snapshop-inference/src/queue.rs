@@ -3,13 +3,15 @@
 //!
 //! It exists because ort sessions are `&mut self` and because a graph run costs about the same
 //! for one image as for several: concurrent HTTP requests are therefore funnelled to one worker,
-//! which drains whatever is already queued (it never waits on a timer to fill a batch) and runs
-//! one backend call per request kind, in the manner of text-embeddings-inference's batcher. The
+//! which drains whatever is already queued and runs one backend call per request kind, in the
+//! manner of text-embeddings-inference's batcher. By default it never waits on a timer to fill a
+//! batch; `max_queue_delay_us` (as Triton's `max_queue_delay_microseconds`) lets it hold the first
+//! request that long for company, until a batch is full. The
 //! queue must never block or grow without bound: a full queue answers `Overloaded` at once, and a
 //! dead worker answers `WorkerGone` rather than leaving callers hanging.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ndarray::{s, Array2, Array3, Array4, Axis};
 use tokio::sync::{mpsc, oneshot};
@@ -42,15 +44,19 @@ pub struct QueueConfig {
     pub max_batch_images: usize,
     /// Most queries per `rerank` call.
     pub max_batch_queries: usize,
+    /// Microseconds the worker may hold the first request of a round for others to join it,
+    /// until `max_batch_images` requests are in hand; 0 (the default) never waits.
+    pub max_queue_delay_us: u64,
 }
 
 impl Default for QueueConfig {
-    /// 256 waiting requests, 16 images or 8 re-rank queries per call.
+    /// 256 waiting requests, 16 images or 8 re-rank queries per call, no queue delay.
     fn default() -> Self {
         QueueConfig {
             capacity: 256,
             max_batch_images: 16,
             max_batch_queries: 8,
+            max_queue_delay_us: 0,
         }
     }
 }
@@ -144,6 +150,20 @@ impl InferenceQueue {
             capacity: cfg.capacity.max(1),
             max_batch_images: cfg.max_batch_images.max(1),
             max_batch_queries: cfg.max_batch_queries.max(1),
+            max_queue_delay_us: cfg.max_queue_delay_us,
+        };
+        // The worker is a plain thread; a queue delay needs a timer, hence a small runtime of its
+        // own (time driver only).
+        let timer = match cfg.max_queue_delay_us {
+            0 => None,
+            _ => Some(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .map_err(|e| {
+                        InferenceError::Runtime(format!("building the queue-delay timer: {e}"))
+                    })?,
+            ),
         };
         let (tx, rx) = mpsc::channel(cfg.capacity);
         let device = backend.device();
@@ -151,7 +171,7 @@ impl InferenceQueue {
         let capacity = cfg.capacity;
         std::thread::Builder::new()
             .name("snapshop-inference".into())
-            .spawn(move || worker(backend, rx, cfg))
+            .spawn(move || worker(backend, rx, cfg, timer))
             .map_err(|e| InferenceError::Runtime(format!("spawning the inference worker: {e}")))?;
         Ok(InferenceQueue {
             inner: Arc::new(Shared {
@@ -281,8 +301,15 @@ fn check_image(image: &Array3<f32>, d: &ModelDims) -> Result<(), InferenceError>
     Ok(())
 }
 
-/// The worker thread: take one request (blocking), drain what else is queued, run per kind.
-fn worker<B: Backend>(mut backend: B, mut rx: mpsc::Receiver<Request<Job>>, cfg: QueueConfig) {
+/// The worker thread: take one request (blocking), drain what else is queued (waiting up to the
+/// queue delay, with `timer`, while the batch is not full), run per kind.
+fn worker<B: Backend>(
+    mut backend: B,
+    mut rx: mpsc::Receiver<Request<Job>>,
+    cfg: QueueConfig,
+    timer: Option<tokio::runtime::Runtime>,
+) {
+    let delay = Duration::from_micros(cfg.max_queue_delay_us);
     // Enough to fill one batch of every kind; what is left waits for the next round.
     let max_drain = 2 * cfg.max_batch_images + cfg.max_batch_queries;
     tracing::debug!(?cfg, "inference worker started");
@@ -327,6 +354,22 @@ fn worker<B: Backend>(mut backend: B, mut rx: mpsc::Receiver<Request<Job>>, cfg:
                     taken += 1;
                 }
                 Err(_) => break,
+            }
+        }
+        if let Some(timer) = &timer {
+            let deadline = tokio::time::Instant::now() + delay;
+            while taken < cfg.max_batch_images.min(max_drain) {
+                // The timeout is made inside block_on: a timer needs the runtime's context.
+                let next =
+                    timer.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await });
+                match next {
+                    Ok(Some(r)) => {
+                        sort(r);
+                        taken += 1;
+                    }
+                    // The delay is over, or every handle is gone (the outer loop then ends).
+                    Ok(None) | Err(_) => break,
+                }
             }
         }
         metrics::gauge!(METRIC_QUEUE_DEPTH).set(rx.len() as f64);
@@ -788,6 +831,7 @@ mod tests {
             capacity: 64,
             max_batch_images: 2,
             max_batch_queries: 8,
+            ..QueueConfig::default()
         };
         let q = InferenceQueue::start(fake, cfg);
         let first = spawn_shop(&q, 0.0, vec![]);
@@ -817,6 +861,44 @@ mod tests {
                 Call::Shop(vec![5.0]),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_queue_delay_holds_the_first_request_until_the_batch_is_full() {
+        let (fake, mut h) = gated();
+        let cfg = QueueConfig {
+            max_batch_images: 2,
+            // Far longer than the test: only a full batch can end the wait.
+            max_queue_delay_us: 600_000_000,
+            ..QueueConfig::default()
+        };
+        let q = InferenceQueue::start(fake, cfg);
+        let first = spawn_shop(&q, 1.0, vec![]);
+        // The worker has taken the first request and is waiting for company.
+        wait_depth(&q, 0).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(h.calls().is_empty(), "{:?}", h.calls());
+        let second = spawn_shop(&q, 2.0, vec![]);
+        within(h.entered.recv()).await;
+        h.release.send(()).unwrap();
+        within(first).await.unwrap().unwrap();
+        within(second).await.unwrap().unwrap();
+        assert_eq!(h.calls(), vec![Call::Shop(vec![1.0, 2.0])]);
+    }
+
+    #[tokio::test]
+    async fn a_queue_delay_ends_and_a_lone_request_runs() {
+        let (fake, mut h) = gated();
+        let cfg = QueueConfig {
+            max_queue_delay_us: 5_000,
+            ..QueueConfig::default()
+        };
+        let q = InferenceQueue::start(fake, cfg);
+        let only = spawn_shop(&q, 7.0, vec![]);
+        within(h.entered.recv()).await;
+        h.release.send(()).unwrap();
+        assert_eq!(within(only).await.unwrap().unwrap(), vec![7.0; C]);
+        assert_eq!(h.calls(), vec![Call::Shop(vec![7.0])]);
     }
 
     #[tokio::test]

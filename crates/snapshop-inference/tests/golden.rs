@@ -15,7 +15,8 @@ use ndarray::{Array2, Axis};
 use serde::Deserialize;
 use snapshop_inference::preprocess::{decode, ImageLimits};
 use snapshop_inference::{
-    Backend, Bundle, Device, InferenceQueue, OrtBackend, PreprocessError, Preprocessor, QueueConfig,
+    Backend, Bundle, Device, InferenceQueue, OrtBackend, PreprocessError, Preprocessor,
+    QueueConfig, Threading,
 };
 
 #[derive(Deserialize)]
@@ -201,7 +202,7 @@ fn golden_parity() {
     }
 
     // --- graphs through the backend, batched ------------------------------------------------
-    let mut backend = OrtBackend::load(&bundle, Device::Cpu, 0).unwrap();
+    let mut backend = OrtBackend::load(&bundle, Device::Cpu, Threading::default()).unwrap();
     let stack = |idx: &[usize]| {
         let views: Vec<_> = idx.iter().map(|&i| tensors[i].view()).collect();
         ndarray::stack(Axis(0), &views).unwrap()
@@ -315,7 +316,7 @@ fn embeds_an_uploaded_image_end_to_end() {
     }
     let bundle = Bundle::load(&dir).unwrap();
     let pre = Preprocessor::new(&bundle.manifest).unwrap();
-    let backend = OrtBackend::load(&bundle, Device::Cuda, 0).unwrap();
+    let backend = OrtBackend::load(&bundle, Device::Cuda, Threading::default()).unwrap();
     let queue = InferenceQueue::start(backend, QueueConfig::default());
     let bytes = std::fs::read(dir.join("golden/street_1.jpg")).unwrap();
     let prepared = pre.prepare(&bytes, &ImageLimits::default()).unwrap();

@@ -10,6 +10,7 @@ use ndarray::{s, Array2, Array3, Array4};
 use sha2::{Digest, Sha256};
 use snapshop_inference::{
     ActiveDevice, Backend, Bundle, Device, InferenceError, InferenceQueue, OrtBackend, QueueConfig,
+    Threading,
 };
 
 fn tiny() -> Bundle {
@@ -33,7 +34,7 @@ fn runs_all_graphs_batched() {
         return;
     }
     let bundle = tiny();
-    let mut backend = OrtBackend::load(&bundle, Device::Cpu, 1).unwrap();
+    let mut backend = OrtBackend::load(&bundle, Device::Cpu, Threading::intra(1)).unwrap();
     assert_eq!(backend.device(), ActiveDevice::Cpu);
     let (h, w) = bundle.input_size();
     let (c, l) = (bundle.embedding_dim(), bundle.locations());
@@ -137,7 +138,7 @@ fn cuda_falls_back_to_cpu_here() {
     }
     // This machine's wheel is CPU-only, so registering CUDA with error_on_failure fails and the
     // backend must say it runs on CPU. On a CUDA machine with the GPU wheel this reports Cuda.
-    let backend = OrtBackend::load(&tiny(), Device::Cuda, 1).unwrap();
+    let backend = OrtBackend::load(&tiny(), Device::Cuda, Threading::intra(1)).unwrap();
     if std::env::var_os("SNAPSHOP_EXPECT_CUDA").is_some() {
         assert_eq!(backend.device(), ActiveDevice::Cuda);
     } else {
@@ -172,7 +173,7 @@ fn refuses_graph_disagreeing_with_manifest() {
     // Batch dimension fixed to 1 where the manifest says dynamic.
     let dir = tiny_with_user_graph(&common::fixtures().join("user_fixed_batch.onnx"));
     let bundle = Bundle::load(dir.path()).unwrap();
-    let err = OrtBackend::load(&bundle, Device::Cpu, 1)
+    let err = OrtBackend::load(&bundle, Device::Cpu, Threading::intra(1))
         .unwrap_err()
         .to_string();
     assert!(err.contains("graph user (user.onnx)"), "{err}");
@@ -183,7 +184,7 @@ fn refuses_graph_disagreeing_with_manifest() {
     // A graph with other tensor names (here: the shop graph in the user slot).
     let dir = tiny_with_user_graph(&common::fixtures().join("tiny_bundle/shop.onnx"));
     let bundle = Bundle::load(dir.path()).unwrap();
-    let err = OrtBackend::load(&bundle, Device::Cpu, 1)
+    let err = OrtBackend::load(&bundle, Device::Cpu, Threading::intra(1))
         .unwrap_err()
         .to_string();
     assert!(err.contains("graph user (user.onnx)"), "{err}");
@@ -196,7 +197,7 @@ async fn queue_over_ort_backend() {
         return;
     }
     let bundle = tiny();
-    let backend = OrtBackend::load(&bundle, Device::Cpu, 1).unwrap();
+    let backend = OrtBackend::load(&bundle, Device::Cpu, Threading::intra(1)).unwrap();
     let queue = InferenceQueue::start(backend, QueueConfig::default());
     assert_eq!(queue.device(), ActiveDevice::Cpu);
     let (h, w) = bundle.input_size();
