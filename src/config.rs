@@ -501,6 +501,9 @@ impl Config {
         if self.queue.max_batch_images == 0 || self.queue.max_batch_queries == 0 {
             return bad("queue batch sizes must be positive");
         }
+        if self.queue.max_queue_delay_us > snapshop_inference::queue::MAX_QUEUE_DELAY_US {
+            return bad("queue.max_queue_delay_us must be at most 1000000 (1 s)");
+        }
         if !(0.0..=1.0).contains(&self.index.exact_filter_fraction)
             || !(0.0..=1.0).contains(&self.index.rebuild_tombstone_fraction)
         {
@@ -704,6 +707,18 @@ mod tests {
         assert_eq!(c.quotas.max_images_per_merchant, 7);
         let bad = env(&[("SNAPSHOP_LIMITS__HEADER_READ_TIMEOUT_SECS", "0")]);
         assert!(Config::load(None, bad, &Overrides::default()).is_err());
+        let delay = env(&[("SNAPSHOP_QUEUE__MAX_QUEUE_DELAY_US", "2000")]);
+        let c = Config::load(None, delay, &Overrides::default()).unwrap();
+        assert_eq!(c.queue.max_queue_delay_us, 2000);
+        let too_long = env(&[("SNAPSHOP_QUEUE__MAX_QUEUE_DELAY_US", "1000001")]);
+        let err = Config::load(None, too_long, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("max_queue_delay_us"), "{err}");
+        let spin = env(&[("SNAPSHOP_INTRA_SPINNING", "false")]);
+        assert!(
+            !Config::load(None, spin, &Overrides::default())
+                .unwrap()
+                .intra_spinning
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The inference queue: a bounded channel in front of one OS thread that owns the backend and
 //! runs requests in batches.
 //!
-//! It exists because ort sessions are `&mut self` and because a graph run costs about the same
-//! for one image as for several: concurrent HTTP requests are therefore funnelled to one worker,
+//! It exists because ort sessions are `&mut self` and because a batched graph run is cheaper per
+//! image than single runs (on two CPU cores 1.4-1.5x the images/s at batch 8-16,
+//! docs/performance.md part 2; more on a GPU): concurrent HTTP requests are therefore funnelled
+//! to one worker,
 //! which drains whatever is already queued and runs one backend call per request kind, in the
 //! manner of text-embeddings-inference's batcher. By default it never waits on a timer to fill a
 //! batch; `max_queue_delay_us` (as Triton's `max_queue_delay_microseconds`) lets it hold the first
@@ -32,6 +34,8 @@ pub const METRIC_WAIT_SECONDS: &str = "snapshop_inference_queue_wait_seconds";
 pub const METRIC_OVERLOADED: &str = "snapshop_inference_overloaded_total";
 /// Counter of requests dropped because their caller had gone, label `kind`.
 pub const METRIC_SKIPPED: &str = "snapshop_inference_skipped_total";
+/// The longest queue delay a [`QueueConfig`] may ask for (1 s); longer ones are capped.
+pub const MAX_QUEUE_DELAY_US: u64 = 1_000_000;
 
 /// Sizing of the queue and its batches. Also the service's `[queue]` config section (serde,
 /// every field optional), so the defaults live only here.
@@ -45,7 +49,8 @@ pub struct QueueConfig {
     /// Most queries per `rerank` call.
     pub max_batch_queries: usize,
     /// Microseconds the worker may hold the first request of a round for others to join it,
-    /// until `max_batch_images` requests are in hand; 0 (the default) never waits.
+    /// until `max_batch_images` requests are in hand; 0 (the default) never waits. At most
+    /// [`MAX_QUEUE_DELAY_US`].
     pub max_queue_delay_us: u64,
 }
 
@@ -150,7 +155,7 @@ impl InferenceQueue {
             capacity: cfg.capacity.max(1),
             max_batch_images: cfg.max_batch_images.max(1),
             max_batch_queries: cfg.max_batch_queries.max(1),
-            max_queue_delay_us: cfg.max_queue_delay_us,
+            max_queue_delay_us: cfg.max_queue_delay_us.min(MAX_QUEUE_DELAY_US),
         };
         // The worker is a plain thread; a queue delay needs a timer, hence a small runtime of its
         // own (time driver only).
@@ -868,12 +873,19 @@ mod tests {
         let (fake, mut h) = gated();
         let cfg = QueueConfig {
             max_batch_images: 2,
-            // Far longer than the test: only a full batch can end the wait.
-            max_queue_delay_us: 600_000_000,
+            // Far longer than the test takes: only a full batch can end the wait.
+            max_queue_delay_us: MAX_QUEUE_DELAY_US,
             ..QueueConfig::default()
         };
         let q = InferenceQueue::start(fake, cfg);
-        let first = spawn_shop(&q, 1.0, vec![]);
+        // Submitted synchronously, so that the wait below starts from the worker's side.
+        let (reply, first) = oneshot::channel();
+        q.submit(Job::Shop {
+            image: image(1.0),
+            tags: vec![],
+            reply,
+        })
+        .unwrap();
         // The worker has taken the first request and is waiting for company.
         wait_depth(&q, 0).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -881,7 +893,7 @@ mod tests {
         let second = spawn_shop(&q, 2.0, vec![]);
         within(h.entered.recv()).await;
         h.release.send(()).unwrap();
-        within(first).await.unwrap().unwrap();
+        assert_eq!(within(first).await.unwrap().unwrap(), vec![1.0; C]);
         within(second).await.unwrap().unwrap();
         assert_eq!(h.calls(), vec![Call::Shop(vec![1.0, 2.0])]);
     }
