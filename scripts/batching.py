@@ -41,12 +41,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sidebyside import (Server, cpu_model, free_port, git, ingest_http, loadavg, make_12mp, read_split,
-                        request, run_cell)
+from sidebyside import (Server, add_server_args, cpu_model, free_port, git, ingest_http, loadavg, make_12mp,
+                        ort_env, read_split, request, run_cell)
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("decode", "embed", "ann", "rerank", "total")
@@ -136,18 +136,14 @@ def perf_dso(pid: int, seconds: float, out: Path) -> dict:
         m = re.match(r"\s+([0-9.]+)%\s+(\S.*)$", line)
         if m and float(m.group(1)) >= 0.5:
             shares[m.group(2).strip()] = float(m.group(1))
-    return {"report": str(out.relative_to(ROOT)), "dso_percent": shares}
+    report = out.resolve()
+    return {"report": str(report.relative_to(ROOT) if report.is_relative_to(ROOT) else report), "dso_percent": shares}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a few seconds per cell")
-    ap.add_argument("--bin", type=Path, default=ROOT / "target/release/snapshop")
-    ap.add_argument("--bundle", type=Path, default=ROOT / "models/default")
-    ap.add_argument("--manifest", type=Path, default=ROOT / "data/street2shop/manifest.csv")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--photo-12mp", type=Path, default=ROOT / "target/bench/street_12mp.jpg")
-    ap.add_argument("--concurrency", default="1,4,16")
+    add_server_args(ap)
     ap.add_argument("--photos", default="small,12mp")
     ap.add_argument("--seconds", type=float, default=None, help="per cell (default 15; quick 2)")
     ap.add_argument("--requests", type=int, default=None, help="per cell at most (default 3000; quick 100)")
@@ -167,11 +163,11 @@ def main() -> int:
             return 2
     if "12mp" in photos and not args.photo_12mp.exists():
         make_12mp(args.photo_12mp, args.manifest, str(ROOT / ".venv/bin/python"))
-    env = dict(os.environ, SNAPSHOP_AUTH__DEV_MODE="true", SNAPSHOP_RATE_LIMITS__ENABLED="false",
-               SNAPSHOP_LOG="warn")
-    if not env.get("ORT_DYLIB_PATH"):
+    env = ort_env()
+    if env is None:
         print("batching: set ORT_DYLIB_PATH (. scripts/env.sh)", file=sys.stderr)
         return 2
+    env.update(SNAPSHOP_AUTH__DEV_MODE="true", SNAPSHOP_RATE_LIMITS__ENABLED="false", SNAPSHOP_LOG="warn")
     args.out.mkdir(parents=True, exist_ok=True)
     shops, queries = read_split(args.manifest, args.split)
     bodies = {"small": [p.read_bytes() for p, _ in queries], "12mp": [args.photo_12mp.read_bytes()]}
@@ -188,6 +184,7 @@ def main() -> int:
     }
     tmp = Path(tempfile.mkdtemp(prefix="batching-"))
     server = None
+    profiler = ThreadPoolExecutor(max_workers=1)
 
     def start(label: str, flags: list[str], venv: dict, data: Path) -> Server:
         port = free_port()
@@ -212,22 +209,15 @@ def main() -> int:
             for photo in photos:
                 for c in concurrencies:
                     before = scrape(server.port)
-                    profile = f"{label}:{photo}:{c}" in args.perf
-                    perf = None
-                    if profile:
-                        # perf runs beside the cell, for its first `seconds` * 0.8.
-                        holder: dict = {}
-                        t = threading.Thread(target=lambda: holder.update(perf_dso(
-                            server.proc.pid, seconds * 0.8, args.out / f"perf-{label}-{photo}-c{c}.txt")))
-                        t.start()
+                    # perf, when asked for, records beside the cell for its first `seconds` * 0.8.
+                    perf = (profiler.submit(perf_dso, server.proc.pid, seconds * 0.8,
+                                            args.out / f"perf-{label}-{photo}-c{c}.txt")
+                            if f"{label}:{photo}:{c}" in args.perf else None)
                     cell = run_cell(server, bodies[photo], c, max_requests, seconds, warmup=2)
-                    if profile:
-                        t.join()
-                        perf = holder
                     after = scrape(server.port)
                     cell.update(variant=label, photo=photo, service=service_view(before, after))
                     if perf is not None:
-                        cell["perf"] = perf
+                        cell["perf"] = perf.result()
                     report["cells"].append(cell)
                     sv = cell["service"]
                     print(f"  {label:>10} {photo:>5} c{c:<2} {cell['rps']:7.1f} req/s  p50 {cell['p50_ms']} ms  "
@@ -238,6 +228,7 @@ def main() -> int:
             server = None
             shutil.rmtree(data, ignore_errors=True)
     finally:
+        profiler.shutdown()
         if server is not None:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

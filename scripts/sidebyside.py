@@ -377,16 +377,33 @@ def geomean(xs: list[float]) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else 0.0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a few seconds per cell, to prove it works end to end")
+def add_server_args(ap: argparse.ArgumentParser) -> None:
+    """The options every load script of snapshop's release server shares (also scripts/batching.py)."""
     ap.add_argument("--bin", type=Path, default=ROOT / "target/release/snapshop")
     ap.add_argument("--bundle", type=Path, default=ROOT / "models/default")
     ap.add_argument("--manifest", type=Path, default=ROOT / "data/street2shop/manifest.csv")
     ap.add_argument("--split", default="test")
-    ap.add_argument("--baseline-python", default=str(ROOT / ".venv-baseline/bin/python"))
     ap.add_argument("--photo-12mp", type=Path, default=ROOT / "target/bench/street_12mp.jpg")
     ap.add_argument("--concurrency", default="1,4,16")
+
+
+def ort_env() -> dict | None:
+    """os.environ with ORT_DYLIB_PATH set (to the .venv wheel's library when unset); None if
+    there is none to set."""
+    env = dict(os.environ)
+    if not env.get("ORT_DYLIB_PATH"):
+        libs = sorted(glob.glob(str(ROOT / ".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*")))
+        if not libs:
+            return None
+        env["ORT_DYLIB_PATH"] = libs[-1]
+    return env
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a few seconds per cell, to prove it works end to end")
+    add_server_args(ap)
+    ap.add_argument("--baseline-python", default=str(ROOT / ".venv-baseline/bin/python"))
     ap.add_argument("--requests", type=int, default=None, help="per cell and server, small photos (default 3000; quick 150)")
     ap.add_argument("--seconds", type=float, default=None, help="per cell and server (default 30; quick 3)")
     ap.add_argument("--requests-12mp", type=int, default=None, help="per cell and server, 12 MP (default 1000; quick 40)")
@@ -417,13 +434,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.photo_12mp.exists():
         make_12mp(args.photo_12mp, args.manifest, args.baseline_python)
-    env = dict(os.environ)
-    if not env.get("ORT_DYLIB_PATH"):
-        libs = sorted(glob.glob(str(ROOT / ".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*")))
-        if not libs:
-            print("sidebyside: set ORT_DYLIB_PATH (. scripts/env.sh)", file=sys.stderr)
-            return 2
-        env["ORT_DYLIB_PATH"] = libs[-1]
+    env = ort_env()
+    if env is None:
+        print("sidebyside: set ORT_DYLIB_PATH (. scripts/env.sh)", file=sys.stderr)
+        return 2
 
     shops, queries = read_split(args.manifest, args.split)
     small = [p.read_bytes() for p, _ in queries]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -109,10 +108,13 @@ def main(argv=None) -> int:
 
     cal = load_dataset(args.calibration)
     rng = np.random.default_rng(0)
-    users = cal.subset("train", "user")
-    shops = cal.subset("train", "shop")
-    pick = lambda rs: [rs[i] for i in sorted(rng.choice(len(rs), min(args.calibration_images, len(rs)), replace=False))]  # noqa: E731
-    cal_users, cal_shops = pick(users), pick(shops)
+
+    def pick(records):
+        """A seeded sample of `--calibration-images` records, in dataset order."""
+        n = min(args.calibration_images, len(records))
+        return [records[i] for i in sorted(rng.choice(len(records), n, replace=False))]
+
+    cal_users, cal_shops = pick(cal.subset("train", "user")), pick(cal.subset("train", "shop"))
     shop_tags = {str(r.path): tag_vector(r.tags) for r in cal_shops}
     graphs = {
         "user": quantize(args.bundle / "user.onnx", args.out / "user.int8.onnx",
@@ -124,8 +126,7 @@ def main(argv=None) -> int:
     fp32 = {k: session(args.bundle / f"{k}.onnx") for k in ("user", "shop")}
     int8 = {k: session(p) for k, p in graphs.items()}
 
-    report: dict = {"bundle": manifest["model_version"], "machine": machine_description(),
-                    "cpu": platform.processor() or "", "calibration": {
+    report: dict = {"bundle": manifest["model_version"], "machine": machine_description(), "calibration": {
                         "manifest": str(args.calibration), "split": "train",
                         "user_images": len(cal_users), "shop_images": len(cal_shops)},
                     "method": f"onnxruntime.quantization.quantize_static, QDQ, per-channel QInt8 weights, "

@@ -52,8 +52,8 @@ pub struct Threading {
     /// Intra-op threads per session; 0 keeps ONNX Runtime's default (one per physical core).
     pub intra_threads: usize,
     /// Whether idle intra-op threads spin before they sleep (ONNX Runtime's default: yes).
-    /// Spinning shortens the next call's start and burns a core meanwhile, which on a small
-    /// machine is the core that decodes the next photo.
+    /// Spinning keeps a core busy between calls; on two cores that is the core the next photo's
+    /// decode needs (docs/performance.md, part 2, measures both settings).
     pub spinning: bool,
 }
 

@@ -2,15 +2,14 @@
 //! runs requests in batches.
 //!
 //! It exists because ort sessions are `&mut self` and because a batched graph run is cheaper per
-//! image than single runs (on two CPU cores 1.4-1.5x the images/s at batch 8-16,
-//! docs/performance.md part 2; more on a GPU): concurrent HTTP requests are therefore funnelled
-//! to one worker,
-//! which drains whatever is already queued and runs one backend call per request kind, in the
-//! manner of text-embeddings-inference's batcher. By default it never waits on a timer to fill a
-//! batch; `max_queue_delay_us` (as Triton's `max_queue_delay_microseconds`) lets it hold the first
-//! request that long for company, until a batch is full. The
-//! queue must never block or grow without bound: a full queue answers `Overloaded` at once, and a
-//! dead worker answers `WorkerGone` rather than leaving callers hanging.
+//! image than single runs (1.4-1.5x the images/s at batch 8-16 on two CPU cores, the
+//! `user_batch` bench, docs/performance.md part 2): concurrent HTTP requests are therefore
+//! funnelled to one worker, which drains whatever is already queued and runs one backend call per
+//! request kind, in the manner of text-embeddings-inference's batcher. By default it never waits
+//! on a timer to fill a batch; `max_queue_delay_us` (as Triton's `max_queue_delay_microseconds`)
+//! lets it hold the first request that long for company, until a batch is full. The queue must
+//! never block or grow without bound: a full queue answers `Overloaded` at once, and a dead worker
+//! answers `WorkerGone` rather than leaving callers hanging.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -314,7 +313,6 @@ fn worker<B: Backend>(
     cfg: QueueConfig,
     timer: Option<tokio::runtime::Runtime>,
 ) {
-    let delay = Duration::from_micros(cfg.max_queue_delay_us);
     // Enough to fill one batch of every kind; what is left waits for the next round.
     let max_drain = 2 * cfg.max_batch_images + cfg.max_batch_queries;
     tracing::debug!(?cfg, "inference worker started");
@@ -362,8 +360,9 @@ fn worker<B: Backend>(
             }
         }
         if let Some(timer) = &timer {
-            let deadline = tokio::time::Instant::now() + delay;
-            while taken < cfg.max_batch_images.min(max_drain) {
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_micros(cfg.max_queue_delay_us);
+            while taken < cfg.max_batch_images {
                 // The timeout is made inside block_on: a timer needs the runtime's context.
                 let next =
                     timer.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await });
