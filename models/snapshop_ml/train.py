@@ -66,6 +66,22 @@ class TrainConfig:
     # `preprocess.jpeg_draft(_factor)`, so the service decodes a 12 MP photo at 1/4 scale and
     # sees the pixels the model was trained on.
     jpeg_draft: int = DRAFT_FACTOR
+    # Issue 7 part 2, the tools against forgetting (all off by default; docs/results.md has the
+    # ablation that decided which the shipped bundle uses):
+    # - `distill` > 0: "learning without forgetting", a similarity-preserving distillation term
+    #   (Tung & Mori 2019) on the train-split images of `distill_data` (a real-photo manifest):
+    #   the cosine-similarity matrix of a batch of them under each trained branch is pulled
+    #   towards the frozen ImageNet network's (mean-pooled 1280-d), weight `distill`.
+    # - `real_data`: the train split of a real-photo manifest joins training as extra products,
+    #   `real_fraction` of every batch (at most all of them).
+    # - `backbone_lr_scale`: the learning rate of subnetwork I's fine-tuned blocks in the YNet
+    #   stage, relative to `lr`.
+    distill: float = 0.0
+    distill_data: str = ""
+    distill_batch: int = 32
+    real_data: str = ""
+    real_fraction: float = 0.25
+    backbone_lr_scale: float = 1.0
 
 
 class TrainingError(RuntimeError):
@@ -73,27 +89,71 @@ class TrainingError(RuntimeError):
 
 
 class Sampler:
-    """Product-balanced batches: P distinct products, one street photo and one shop image each."""
+    """Product-balanced batches: P distinct products, one street photo and one shop image each.
+    With `extra` products (real photos), `extra_fraction` of each batch is drawn from them."""
 
-    def __init__(self, users, shops, seed: int, device: torch.device):
+    def __init__(self, users, shops, seed: int, device: torch.device, extra_users=(), extra_shops=(),
+                 extra_fraction: float = 0.0):
         self.device = device
         self.user_by_product: dict[str, list[str]] = {}
         self.shop_by_product: dict[str, list] = {}
-        for r in users:
+        for r in list(users) + list(extra_users):
             self.user_by_product.setdefault(r.product_id, []).append(str(r.path))
-        for r in shops:
+        for r in list(shops) + list(extra_shops):
             self.shop_by_product.setdefault(r.product_id, []).append(r)
-        self.products = sorted(set(self.user_by_product) & set(self.shop_by_product))
+        both = set(self.user_by_product) & set(self.shop_by_product)
+        extra_ids = {r.product_id for r in extra_users} | {r.product_id for r in extra_shops}
+        if extra_ids & ({r.product_id for r in users} | {r.product_id for r in shops}):
+            raise TrainingError("the real-photo products share ids with the training data's")
+        self.products = sorted(both - extra_ids)
+        self.extra = sorted(both & extra_ids)
+        self.extra_fraction = extra_fraction if self.extra else 0.0
         self.rng = np.random.default_rng(seed)
 
     def batch(self, size: int):
         if len(self.products) < 2:
             raise TrainingError("training needs at least two products with both street and shop images")
-        chosen = self.rng.choice(len(self.products), size=min(size, len(self.products)), replace=False)
+        n_extra = min(int(round(size * self.extra_fraction)), len(self.extra))
+        chosen = self.rng.choice(len(self.products), size=min(size - n_extra, len(self.products)), replace=False)
         prods = [self.products[i] for i in chosen]
+        if n_extra:
+            prods += [self.extra[i] for i in self.rng.choice(len(self.extra), size=n_extra, replace=False)]
         anchors = [self.user_by_product[p][self.rng.integers(len(self.user_by_product[p]))] for p in prods]
         positives = [self.shop_by_product[p][self.rng.integers(len(self.shop_by_product[p]))] for p in prods]
         return torch.arange(len(prods), device=self.device), anchors, positives
+
+
+class Distiller:
+    """Learning without forgetting, as a similarity-preserving term (Tung & Mori, ICCV 2019): on
+    a random batch of real photographs, the cosine-similarity matrix of a trained branch's
+    embeddings should equal the frozen ImageNet network's (`teacher`, mean-pooled 1280-d, unit
+    norm). Comparing similarities, not features, lets a 256-d branch follow a 1280-d teacher."""
+
+    def __init__(self, paths: list[str], teacher: torch.Tensor, weight: float, batch: int, seed: int):
+        self.paths, self.teacher, self.weight, self.batch = paths, teacher, weight, batch
+        self.rng = np.random.default_rng([seed, 7])
+
+    def term(self, branches) -> torch.Tensor:
+        """`branches`: functions from a list of paths to unit embeddings [N, C] (those trained)."""
+        idx = self.rng.choice(len(self.paths), size=min(self.batch, len(self.paths)), replace=False)
+        t = self.teacher[torch.from_numpy(idx)].to(self.teacher.device)
+        target = t @ t.T
+        paths = [self.paths[i] for i in idx]
+        loss = sum(((e := f(paths)) @ e.T - target).pow(2).mean() for f in branches)
+        return self.weight * loss
+
+
+def with_distill(step_fn, distiller: "Distiller | None", branches):
+    """`step_fn` plus the distillation term over `branches`, when distillation is on."""
+    if distiller is None:
+        return step_fn
+
+    def step():
+        loss, extra = step_fn()
+        d = distiller.term(branches)
+        return loss + d, f"{extra} lwf {d.item():.4f}".strip()
+
+    return step
 
 
 def make_optimizer(groups, cfg: TrainConfig, steps: int):
@@ -142,10 +202,16 @@ def run_steps(name: str, steps: int, opt, sched, step_fn, params) -> None:
                      extra, sched.get_last_lr()[0], time.time() - t0)
 
 
-def train_ynet(model: YNet, stem: ActivationCache, sampler: Sampler, cfg: TrainConfig, mode: str) -> None:
+def train_ynet(model: YNet, stem: ActivationCache, sampler: Sampler, cfg: TrainConfig, mode: str,
+               distiller: Distiller | None = None) -> None:
     shared_top = model.shared[FROZEN_STEM_BLOCKS:]
     trainable = params_of(shared_top, model.shop_top, model.user_top, model.shop_proj, model.user_proj)
     opt, sched = start_stage(model, trainable, [], cfg, cfg.steps_ynet)
+    if cfg.backbone_lr_scale != 1.0:  # subnetwork I's fine-tuned blocks get their own group
+        top_ids = {id(p) for p in shared_top.parameters()}
+        rest = [p for p in trainable if id(p) not in top_ids]
+        opt, sched = make_optimizer([{"params": list(shared_top.parameters()), "lr": cfg.lr * cfg.backbone_lr_scale},
+                                     {"params": rest}], cfg, cfg.steps_ynet)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
 
     def step():
@@ -155,10 +221,13 @@ def train_ynet(model: YNet, stem: ActivationCache, sampler: Sampler, cfg: TrainC
         neg = choose_negatives(pairwise_euclidean(o, p), prods, prods, mode, gen)
         return triplet_loss(o, p, p[neg], cfg.margin_ynet), ""
 
-    run_steps("ynet", cfg.steps_ynet, opt, sched, step, trainable)
+    branches = (lambda ps: model.user_features(shared_top(stem.get(ps)))[1],
+                lambda ps: model.shop_embedding(shared_top(stem.get(ps)), None))
+    run_steps("ynet", cfg.steps_ynet, opt, sched, with_distill(step, distiller, branches), trainable)
 
 
-def train_tagynet(model: YNet, shared: ActivationCache, sampler: Sampler, vocab, cfg: TrainConfig, mode: str) -> None:
+def train_tagynet(model: YNet, shared: ActivationCache, sampler: Sampler, vocab, cfg: TrainConfig, mode: str,
+                  distiller: Distiller | None = None) -> None:
     attention = [model.tag_embed]
     backbone = params_of(model.shop_top, model.user_top, model.shop_proj, model.user_proj)
     opt, sched = start_stage(model, backbone, attention, cfg, cfg.steps_tag)
@@ -172,7 +241,11 @@ def train_tagynet(model: YNet, shared: ActivationCache, sampler: Sampler, vocab,
         neg = choose_negatives(pairwise_euclidean(o, p), prods, prods, mode, gen)
         return triplet_loss(o, p, p[neg], cfg.margin_tag), f"|W|={model.tag_embed.norm():.3f}"
 
-    run_steps(f"tagynet[{mode}]", cfg.steps_tag, opt, sched, step, backbone + attention)
+    # Real photos carry no vocabulary tags: their shop embedding is the mean-pooled one.
+    branches = (lambda ps: model.user_features(shared.get(ps))[1],
+                lambda ps: model.shop_embedding(shared.get(ps), None))
+    run_steps(f"tagynet[{mode}]", cfg.steps_tag, opt, sched, with_distill(step, distiller, branches),
+              backbone + attention)
 
 
 @torch.no_grad()
@@ -188,7 +261,7 @@ def shop_embeddings(model: YNet, shared: ActivationCache, records, vocab) -> dic
 
 
 def train_ctxynet(model: YNet, shared: ActivationCache, sampler: Sampler, shop_records, vocab, cfg: TrainConfig,
-                  mode: str) -> None:
+                  mode: str, distiller: Distiller | None = None) -> None:
     shop = shop_embeddings(model, shared, shop_records, vocab)  # II + IV are fixed in this stage
     attention = [model.ctx_v, model.ctx_u]
     backbone = params_of(model.user_top, model.user_proj)
@@ -209,7 +282,9 @@ def train_ctxynet(model: YNet, shared: ActivationCache, sampler: Sampler, shop_r
         first_pass = triplet_loss(o, p, p[neg_fp], cfg.margin_tag)
         return ctx_loss + first_pass, f"ctx {ctx_loss.item():.4f} fp {first_pass.item():.4f}"
 
-    run_steps(f"ctxynet[{mode}]", cfg.steps_ctx, opt, sched, step, backbone + attention)
+    branches = (lambda ps: model.user_features(shared.get(ps))[1],)  # only III is trained here
+    run_steps(f"ctxynet[{mode}]", cfg.steps_ctx, opt, sched, with_distill(step, distiller, branches),
+              backbone + attention)
 
 
 def setup_logging(out: Path) -> None:
@@ -241,6 +316,18 @@ def save_row(model: YNet, net_cfg: NetConfig, vocab: list[str], path: Path) -> N
     torch.save({"state_dict": state, "net": net_cfg.to_dict(), "vocabulary": vocab}, path)
 
 
+def real_train_records(manifest: str) -> tuple[list, list]:
+    """(user, shop) records of the train split of a real-photo manifest; nothing for "". Only the
+    train split is ever read: the val and test photos stay out of training (docs/realphoto.md)."""
+    if not manifest:
+        return [], []
+    ds = load_dataset(Path(manifest))
+    users, shops = ds.subset("train", "user"), ds.subset("train", "shop")
+    if not users and not shops:
+        raise TrainingError(f"{manifest}: no train split")
+    return users, shops
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run the three stages (two chains) and return the results table; writes <out>/final.pt."""
     out = Path(cfg.out)
@@ -265,7 +352,11 @@ def train(cfg: TrainConfig) -> dict:
     log.info("config %s", json.dumps(asdict(cfg)))
     log.info("vocabulary (%d): %s", len(vocab), " ".join(vocab))
 
-    all_paths = [str(r.path) for r in ds.records]
+    real_users, real_shops = real_train_records(cfg.real_data)
+    distill_paths = sorted({str(r.path) for r in sum(real_train_records(cfg.distill_data), [])}) if cfg.distill else []
+    if cfg.distill and not distill_paths:
+        raise TrainingError("--distill needs --distill-data with a train split of images")
+    all_paths = [str(r.path) for r in ds.records + real_users + real_shops] + distill_paths
     t0 = time.time()
     stem = stem_cache(all_paths, cfg.input_size, Path(cfg.cache_dir), device, cfg.jpeg_draft)
     timings = {"stem_cache_s": round(time.time() - t0, 1)}
@@ -283,10 +374,22 @@ def train(cfg: TrainConfig) -> dict:
     record("pretrained", "test", p_at_k((q @ g.T).double().cpu().numpy(), es.query_products, es.gallery_products))
 
     net_cfg = NetConfig(num_tags=len(vocab), embed_dim=cfg.embed_dim, input_size=cfg.input_size)
-    sampler = Sampler(train_users, train_shops, cfg.seed, device)
+    sampler = Sampler(train_users, train_shops, cfg.seed, device, real_users, real_shops, cfg.real_fraction)
+    distiller = None
+    if distill_paths:
+        teacher = pretrained_embeddings(pretrained_top, distill_paths, stem).to(device)
+        distiller = Distiller(distill_paths, teacher, cfg.distill, cfg.distill_batch, cfg.seed)
+        log.info("distillation on %d real photos, weight %g", len(distill_paths), cfg.distill)
+    if real_users:
+        log.info("real photos in training: %d products, %.0f%% of each batch", len(sampler.extra),
+                 100 * sampler.extra_fraction)
+    # Re-seed here: building the stem (only when its cache is cold) and the pretrained row draw
+    # from torch's global generator, and YNet's projection is initialised from it; without this
+    # a run with a warm cache trained a different network from the same seed.
+    torch.manual_seed(cfg.seed)
     ynet = YNet(net_cfg).to(device, memory_format=torch.channels_last)
     t0 = time.time()
-    train_ynet(ynet, stem, sampler, cfg, "random")
+    train_ynet(ynet, stem, sampler, cfg, "random", distiller)
     timings["ynet_s"] = round(time.time() - t0, 1)
     record("ynet", "test", evaluate_model(ynet, sets["test"], stem, False, None, rerank=False)["first_pass"])
     save_row(ynet, net_cfg, vocab, out / "ynet.pt")
@@ -296,10 +399,10 @@ def train(cfg: TrainConfig) -> dict:
     for mode, suffix in (("random", ""), ("hard", "+batch-hard")):
         t0 = time.time()
         tag = copy.deepcopy(ynet)
-        train_tagynet(tag, shared, sampler, vocab, cfg, mode)
+        train_tagynet(tag, shared, sampler, vocab, cfg, mode, distiller)
         record(f"tagynet{suffix}", "test", evaluate_model(tag, sets["test"], shared, True, vocab, False)["first_pass"])
         ctx = copy.deepcopy(tag)
-        train_ctxynet(ctx, shared, sampler, train_shops, vocab, cfg, mode)
+        train_ctxynet(ctx, shared, sampler, train_shops + real_shops, vocab, cfg, mode, distiller)
         for split, es in sets.items():
             pk = evaluate_model(ctx, es, shared, True, vocab, rerank=True)
             record(f"ctxynet{suffix}", split, pk["rerank"])
