@@ -13,11 +13,13 @@
 # live /metrics with.
 # With --baseline, also the FastAPI + onnxruntime + hnswlib baseline's own venv `.venv-baseline`
 # (benches/baseline/requirements.txt, pinned), which scripts/sidebyside.py runs it from.
+# With --realphoto (as scripts/train.sh asks), also the Debian wallpaper packages that the
+# real-photo benchmark is cut from (docs/realphoto.md; its split file checks every photo's sha256).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
-build=1 browser_test=0 postgres_test=0 schemathesis=0 observability=0 baseline=0
+build=1 browser_test=0 postgres_test=0 schemathesis=0 observability=0 baseline=0 realphoto=0
 for arg in "$@"; do
   case "$arg" in
     --no-build) build=0 ;;
@@ -26,7 +28,8 @@ for arg in "$@"; do
     --schemathesis) schemathesis=1 ;;
     --observability) observability=1 ;;
     --baseline) baseline=1 ;;
-    *) echo "setup: unknown option $arg (known: --no-build, --browser-test, --postgres-test, --schemathesis, --observability, --baseline)" >&2; exit 2 ;;
+    --realphoto) realphoto=1 ;;
+    *) echo "setup: unknown option $arg (known: --no-build, --browser-test, --postgres-test, --schemathesis, --observability, --baseline, --realphoto)" >&2; exit 2 ;;
   esac
 done
 
@@ -105,6 +108,12 @@ fi
 if [ "$observability" = 1 ] && ! command -v promtool >/dev/null; then
   echo "setup: installing prometheus (Debian) for promtool"
   apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus
+fi
+
+realphoto_pkgs="plasma-workspace-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds"
+if [ "$realphoto" = 1 ] && ! dpkg -s $realphoto_pkgs >/dev/null 2>&1; then
+  echo "setup: installing the wallpaper packages of the real-photo benchmark (Debian)"
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends $realphoto_pkgs
 fi
 
 if [ "$build" = 1 ]; then

@@ -35,7 +35,9 @@ ROOT = HERE.parent
 SUBSET_KS = (1, 5, 10, 20)
 DEFAULT_DATA = ROOT / "data/street2shop/manifest.csv"
 DEFAULT_BUNDLE = HERE / "default"
-PATH_KEYS = ("data", "out", "cache_dir")  # TrainConfig fields that hold paths
+#: The shipped recipe's tools against forgetting (issue 7 part 2; docs/forgetting.md measured each).
+RECIPE = {"real_fraction": 0.125, "distill": 0.0}
+PATH_KEYS = ("data", "out", "cache_dir", "distill_data", "real_data")  # TrainConfig fields that hold paths
 
 
 def repo_relative(path: str | Path, root: Path | None = None) -> str:
@@ -57,7 +59,7 @@ def relative_config(config: dict, root: Path | None = None) -> dict:
 def relative_command(argv: list[str], root: Path | None = None) -> str:
     """The training command as recorded: `scripts/train.sh` (run from the repository root) with
     the path options made repository-relative."""
-    out, path_opts = [], ("--data", "--bundle", "--run", "--docs", "--fixture")
+    out, path_opts = [], ("--data", "--bundle", "--run", "--docs", "--fixture", "--real")
     for i, a in enumerate(argv):
         opt, eq, val = a.partition("=")
         if eq and opt in path_opts:
@@ -79,6 +81,41 @@ def ensure_dataset(data: Path, seed: int, scale: float) -> Path:
         synth.generate(data.parent, seed=seed, scale=scale, workers=2)
         return data
     raise FileNotFoundError(f"dataset not found: {data}")
+
+
+def ensure_hard(data: Path, seed: int, scale: float) -> None:
+    """The hard preset beside the default benchmark (`hard_of`), generated when missing: the
+    re-rank stage fits on its val split and every row is measured on it."""
+    if data.resolve() != DEFAULT_DATA or hard_of(data) is not None:
+        return
+    from .data import synth
+
+    out = data.parent.with_name(data.parent.name + "-hard")
+    log.info("generating the hard preset into %s (seed %d, scale %.2f)", out, seed, scale)
+    synth.generate(out, seed=seed, scale=scale, workers=2, knobs=synth.Knobs(**synth.PRESETS["hard"]))
+
+
+def ensure_real(real: Path, needed: bool, build: bool) -> Path | None:
+    """The real-photo benchmark's manifest; with `build`, built when missing (`realphoto build`,
+    ~15 s) if its sources are installed. Without it the pipeline still trains, with the recipe's
+    real-photo tools off and a warning (the manifest's training config records what ran),
+    unless it was asked for by name (`needed`), which is an error."""
+    if real.is_file():
+        return real
+    from .data import realphoto
+
+    if build:
+        try:
+            log.info("building the real-photo benchmark into %s", real.parent)
+            realphoto.build(real.parent)
+            return real
+        except realphoto.SourceError as exc:
+            log.warning("the real-photo benchmark cannot be built: %s (scripts/setup.sh --realphoto installs "
+                        "its sources)", exc)
+    if needed:
+        raise FileNotFoundError(f"real-photo benchmark not found: {real} (docs/realphoto.md builds it)")
+    log.warning("no real-photo benchmark: %s not found (docs/realphoto.md builds it)", real)
+    return None
 
 
 def pick_fixtures(ds: RetrievalDataset, count: int = 2):
@@ -157,9 +194,9 @@ def rerank_benchmarks(data: Path, real: Path | None) -> tuple[dict[str, Path], d
     """(benchmarks the re-rank stage trains, stops and fits on; benchmarks it only measures).
 
     The hard preset shares the training data's train split and has the same validation queries
-    against ten times the look-alike distractors, so when it exists its val split decides (it
-    separates the rows, where the old setting's P@20 is near its ceiling) and the old setting is
-    only measured."""
+    against ten times the look-alike distractors (20 per query product instead of 2), so when it
+    exists its val split decides (it separates the rows, where the old setting's P@20 is near its
+    ceiling) and the old setting is only measured."""
     fit = {}
     hard = hard_of(data)
     fit["synthetic-hard" if hard else "synthetic"] = hard or data
@@ -199,6 +236,11 @@ def main(argv=None) -> int:
     ap.add_argument("--real", default=None,
                     help="real-photo benchmark manifest for the re-rank stage (default data/realphoto/manifest.csv, "
                          "used when it exists; docs/realphoto.md)")
+    ap.add_argument("--real-fraction", type=float, default=RECIPE["real_fraction"],
+                    help="share of every training batch drawn from the real-photo benchmark's train split "
+                         "(0: none; the real-photo tools are off when that benchmark is missing)")
+    ap.add_argument("--distill", type=float, default=RECIPE["distill"],
+                    help="weight of the distillation towards frozen ImageNet on the real train photos (0: off)")
     ap.add_argument("--no-rerank-stage", action="store_true",
                     help="ship subnetwork V as the CtxYNet stage left it (no mined-list retraining, no fusion)")
     args = ap.parse_args(argv)
@@ -212,7 +254,17 @@ def main(argv=None) -> int:
     command = relative_command(list(argv or sys.argv[1:]))
     try:
         data = ensure_dataset(Path(args.data), args.seed, args.scale)
+        ensure_hard(data, args.seed, args.scale)
+        tools_on = args.real_fraction > 0 or args.distill > 0
+        if args.real:
+            real = ensure_real(Path(args.real), needed=True, build=False)
+        else:
+            real = ensure_real(ROOT / "data/realphoto/manifest.csv", needed=False, build=tools_on)
         cfg = TrainConfig(data=str(data), out=str(run), seed=args.seed, cache_dir=str(HERE / ".cache"))
+        if real is not None and args.real_fraction > 0:
+            cfg.real_data, cfg.real_fraction = str(real), args.real_fraction
+        if real is not None and args.distill > 0:
+            cfg.distill, cfg.distill_data = args.distill, str(real)
         if args.steps:
             cfg.steps_ynet, cfg.steps_tag, cfg.steps_ctx = args.steps
         summary = train(cfg)
@@ -237,10 +289,7 @@ def main(argv=None) -> int:
         bundle = Path(args.bundle)
         manifest = export_bundle(model, vocab, bundle, evaluation, training, street, shop, summary["shipped_chain"],
                                  jpeg_draft=cfg.jpeg_draft)
-        real = Path(args.real) if args.real else ROOT / "data/realphoto/manifest.csv"
-        if not real.is_file():
-            log.warning("no real-photo benchmark: %s not found (docs/realphoto.md builds it)", real)
-        fit, also = rerank_benchmarks(data, real if real.is_file() else None)
+        fit, also = rerank_benchmarks(data, real)
         if not args.no_rerank_stage:
             rr = rerank_stage.run(bundle, fit, rerank_stage.HeadConfig(), True, run / "rerank.json",
                                   HERE / ".cache/rerank", command, root=ROOT, eval_only=also)

@@ -98,6 +98,20 @@ def plot_attention(onnx: OnnxBundle, pairs: list[tuple[Path, Path, tuple[str, ..
     plt.close(fig)
 
 
+def forgetting_tools(cfg: dict) -> str:
+    """The issue-7 part-2 settings a training config used, in words."""
+    tools = []
+    if cfg.get("distill"):
+        tools.append(f"distillation towards frozen ImageNet, weight {cfg['distill']:g}, on the train photos of "
+                     f"`{cfg.get('distill_data')}`")
+    if cfg.get("real_data"):
+        tools.append(f"the train split of `{cfg['real_data']}` as extra products, "
+                     f"{100 * cfg.get('real_fraction', 0):.0f} % of every batch")
+    if cfg.get("backbone_lr_scale", 1.0) != 1.0:
+        tools.append(f"subnetwork I's fine-tuned blocks at {cfg['backbone_lr_scale']:g}x the learning rate")
+    return "; ".join(tools) or "none"
+
+
 def results_markdown(summary: dict, bundle_manifest: dict, command: str, wall_s: float,
                      rows_eval: dict | None = None) -> str:
     res = summary["results"]
@@ -112,6 +126,8 @@ def results_markdown(summary: dict, bundle_manifest: dict, command: str, wall_s:
         f"- Machine: {summary['machine']}",
         f"- Training stage timings (s): {json.dumps(summary['timings'])}",
         f"- Shipped chain: {summary['shipped_chain']} negatives (chosen by validation P@20 of the CtxYNet row)",
+        f"- Against forgetting: {forgetting_tools(bundle_manifest.get('training', {}).get('config', {}))} "
+        "(each tool measured alone in [`forgetting.md`](forgetting.md))",
         "",
         "P@K (Eq. 8) on the held-out test products. Results are products (a product ranks at its best",
         "image); rows 4 and 5b re-rank the top 256 images of their own TagYNet first pass with CtxYNet,",

@@ -2,9 +2,13 @@
 
 import json
 
+import pytest
+
 from snapshop_ml import bundle as bundle_cli
 from snapshop_ml import pipeline
 from snapshop_ml.data import synth
+
+from realstub import real_like
 
 
 def test_pipeline_end_to_end_on_tiny_data(tmp_path, monkeypatch):
@@ -13,9 +17,14 @@ def test_pipeline_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     data = tmp_path / "street2shop"
     synth.generate(data, seed=3, scale=0.01, quiet=True)
     data = data / "manifest.csv"
+    # A stand-in for the real-photo benchmark (another tiny synthetic set, its products renamed):
+    # the shipped recipe trains on its train split too (RECIPE).
+    synth.generate(tmp_path / "other", seed=4, scale=0.01, quiet=True)
+    real = tmp_path / "realphoto.csv"
+    real_like(tmp_path / "other" / "manifest.csv", real)
     out = tmp_path / "bundle"
     rc = pipeline.main(["--data", str(data), "--bundle", str(out), "--run", str(tmp_path / "run"),
-                        "--steps", "1", "1", "1"])
+                        "--steps", "1", "1", "1", "--real", str(real)])
     assert rc == 0
     manifest = bundle_cli.verify(out)
     rows = json.loads((out / "eval.json").read_text())["rows"]
@@ -26,7 +35,9 @@ def test_pipeline_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     assert manifest["training"]["config"]["data"] == "street2shop/manifest.csv"
     assert manifest["training"]["config"]["out"] == "run"
     assert manifest["training"]["command"] == ("scripts/train.sh --data street2shop/manifest.csv --bundle bundle"
-                                               " --run run --steps 1 1 1")
+                                               " --run run --steps 1 1 1 --real realphoto.csv")
+    assert manifest["training"]["config"]["real_data"] == "realphoto.csv"
+    assert manifest["training"]["config"]["real_fraction"] == pipeline.RECIPE["real_fraction"] > 0
     assert str(tmp_path) not in json.dumps(manifest)
     # A non-default bundle keeps its report and parity subset in the run directory.
     results_md = (tmp_path / "run" / "docs" / "results.md").read_text()
@@ -43,9 +54,10 @@ def test_pipeline_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     assert set(manifest["rerank"]) == {"candidates", "default", "fusion"}
     assert manifest["rerank"]["fusion"]["ctx"] > 0 and expected["fusion"] == manifest["rerank"]["fusion"]
     shipped = json.loads((out / "eval.json").read_text())["shipped"]["benchmarks"]
-    assert list(shipped) == ["synthetic"] and shipped["synthetic"]["manifest"] == "street2shop/manifest.csv"
+    assert list(shipped) == ["synthetic", "real"] and shipped["synthetic"]["manifest"] == "street2shop/manifest.csv"
     assert set(shipped["synthetic"]["rerank"]["test"]) == {"1", "5", "10", "20", "50", "100"}
-    assert manifest["training"]["rerank_stage"]["benchmarks"] == {"synthetic": "street2shop/manifest.csv"}
+    assert manifest["training"]["rerank_stage"]["benchmarks"] == {"synthetic": "street2shop/manifest.csv",
+                                                                  "real": "realphoto.csv"}
     # Every row's checkpoint is kept, so every row can be measured on another benchmark later.
     from snapshop_ml import evaluate_rows
     again = evaluate_rows.evaluate_benchmark(tmp_path / "run", data, ("test",), None)
@@ -85,3 +97,13 @@ def test_paths_are_recorded_relative_to_the_repository(tmp_path, monkeypatch):
         "scripts/train.sh --data data/x.csv --run=models/runs/r"
     assert pipeline.relative_config(cfg) == {"data": "data/street2shop/manifest.csv", "out": "models/runs/default",
                                              "cache_dir": "models/.cache", "seed": 0, "device": "auto"}
+    real = {"distill_data": str(root / "data/realphoto/manifest.csv"), "real_data": str(root / "data/realphoto/manifest.csv")}
+    assert pipeline.relative_config(real) == {"distill_data": "data/realphoto/manifest.csv",
+                                              "real_data": "data/realphoto/manifest.csv"}
+
+
+def test_a_missing_real_photo_benchmark_is_an_error_only_when_named(tmp_path):
+    missing = tmp_path / "realphoto" / "manifest.csv"
+    assert pipeline.ensure_real(missing, needed=False, build=False) is None  # the tools stay off, with a warning
+    with pytest.raises(FileNotFoundError, match="real-photo benchmark not found"):
+        pipeline.ensure_real(missing, needed=True, build=False)

@@ -11,6 +11,8 @@ from snapshop_ml import ablate, train
 from snapshop_ml.data import synth
 from snapshop_ml.data.records import ImageRecord
 
+from realstub import real_like
+
 
 def records(prefix, n, domain, split="train"):
     return [ImageRecord(path=f"/x/{prefix}{i}_{domain}.jpg", product_id=f"{prefix}{i}", domain=domain, split=split,
@@ -73,16 +75,6 @@ def test_real_train_records_never_read_val_or_test(tmp_path):
 def test_the_tools_are_off_by_default():
     cfg = train.TrainConfig(data="", out="")
     assert (cfg.distill, cfg.distill_data, cfg.real_data, cfg.backbone_lr_scale) == (0.0, "", "", 1.0)
-
-
-def real_like(src, dst):
-    """A second benchmark whose products cannot be confused with `src`'s (prefixed ids)."""
-    rows = list(csv.DictReader(src.open()))
-    with dst.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "image": str(src.parent / r["image"]), "product_id": "rp-" + r["product_id"]})
 
 
 def test_training_with_every_tool_on_runs_and_logs_them(tmp_path):

@@ -160,7 +160,8 @@ class Knobs:
 #: colour family, so that the first pass has to tell near-twins apart.
 PRESETS: dict[str, dict[str, object]] = {
     "v1": {},
-    "hard": {"distractors_per_query": 10.0, "distractor_same_color": 0.9},
+    "hard": {"distractors_per_query": 20.0, "distractor_same_color": 0.9},
+    "hard10": {"distractors_per_query": 10.0, "distractor_same_color": 0.9},
 }
 
 
