@@ -53,7 +53,7 @@ def repo_relative(path: str | Path, root: Path | None = None) -> str:
 
 def relative_config(config: dict, root: Path | None = None) -> dict:
     """The training config with its path fields made repository-relative."""
-    return {k: repo_relative(v, root) if k in PATH_KEYS and isinstance(v, str) else v for k, v in config.items()}
+    return {k: repo_relative(v, root) if k in PATH_KEYS and isinstance(v, str) and v else v for k, v in config.items()}
 
 
 def relative_command(argv: list[str], root: Path | None = None) -> str:

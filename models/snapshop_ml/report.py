@@ -106,7 +106,7 @@ def forgetting_tools(cfg: dict) -> str:
                      f"`{cfg.get('distill_data')}`")
     if cfg.get("real_data"):
         tools.append(f"the train split of `{cfg['real_data']}` as extra products, "
-                     f"{100 * cfg.get('real_fraction', 0):.0f} % of every batch")
+                     f"{100 * cfg.get('real_fraction', 0):g} % of every batch")
     if cfg.get("backbone_lr_scale", 1.0) != 1.0:
         tools.append(f"subnetwork I's fine-tuned blocks at {cfg['backbone_lr_scale']:g}x the learning rate")
     return "; ".join(tools) or "none"

@@ -100,6 +100,7 @@ def test_paths_are_recorded_relative_to_the_repository(tmp_path, monkeypatch):
     real = {"distill_data": str(root / "data/realphoto/manifest.csv"), "real_data": str(root / "data/realphoto/manifest.csv")}
     assert pipeline.relative_config(real) == {"distill_data": "data/realphoto/manifest.csv",
                                               "real_data": "data/realphoto/manifest.csv"}
+    assert pipeline.relative_config({"distill_data": ""}) == {"distill_data": ""}  # unset stays unset
 
 
 def test_a_missing_real_photo_benchmark_is_an_error_only_when_named(tmp_path):

@@ -110,3 +110,24 @@ def test_a_warm_stem_cache_trains_the_same_network_as_a_cold_one(tmp_path):
         results.append(train.train(cfg)["results"])
     assert (tmp_path / "cache").is_dir() and any((tmp_path / "cache").iterdir())
     assert results[0] == results[1]
+
+
+def test_ablation_report_needs_runs(tmp_path, capsys):
+    assert ablate.main(["--report", str(tmp_path), "--doc", str(tmp_path / "f.md")]) == 2
+    assert "no ablation runs in" in capsys.readouterr().err and not (tmp_path / "f.md").exists()
+
+
+def test_ablation_report_has_one_table_per_run_directory(tmp_path):
+    pk = {k: 0.5 for k in ("1", "5", "10", "20")}
+    for seed in (0, 1):
+        run = tmp_path / f"seed{seed}" / "baseline"
+        run.mkdir(parents=True)
+        (run / "ablation.json").write_text(json.dumps({
+            "variant": "baseline", "tries": "ignored", "chain": "hard", "seed": seed, "input_size": 192, "train_s": 1.0,
+            "synthetic": {"val": pk, "test": pk}, "real": {"val": pk, "test": pk},
+            "real_pretrained": {"val": pk, "test": pk}}))
+    doc = tmp_path / "f.md"
+    assert ablate.main(["--report", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "## Seed 0" in text and "## Seed 1" in text and text.count("| baseline | none: train.py") == 2
+    assert "--seed 1 --variants baseline" in text
