@@ -109,7 +109,19 @@ impl PostgresStore {
             .max_connections(POOL_SIZE)
             // Fail fast when the database is down: writes answer 503 rather than hang.
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.application_name("snapshop"))
+            .connect_with(
+                options
+                    .application_name("snapshop")
+                    // Plan every statement with its parameters and the tables' current sizes.
+                    // sqlx prepares each query once per connection, and after five runs Postgres
+                    // may switch to a generic plan that it keeps until the tables are next
+                    // analysed. One made while the catalogue was empty walked every embedding,
+                    // and where autovacuum is off (as on the dev VM) it was never replaced:
+                    // `snapshop bench --catalogue 100000` on Postgres fell from ~480 to 133
+                    // writes/s by 46k images, and one `ANALYZE` put it back at 742
+                    // (docs/performance.md). Planning costs well under a millisecond here.
+                    .options([("plan_cache_mode", "force_custom_plan")]),
+            )
             .await?;
         // Migrations take an advisory lock: processes starting together run them once.
         sqlx::migrate!("../../migrations/postgres")
@@ -1553,6 +1565,25 @@ mod tests {
         ] {
             assert_eq!(with_database(url, "x"), want, "{url}");
         }
+    }
+
+    #[tokio::test]
+    async fn statements_are_planned_with_their_parameters() {
+        // A generic plan cached while the catalogue was small outlives its growth when nothing
+        // analyses the tables (see `connect_with`): every pooled connection plans each run.
+        on_fresh_db(
+            "statements_are_planned_with_their_parameters",
+            |s, _| async move {
+                for _ in 0..3 {
+                    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+                        .fetch_one(&s.pool)
+                        .await
+                        .unwrap();
+                    assert_eq!(mode, "force_custom_plan");
+                }
+            },
+        )
+        .await;
     }
 
     #[tokio::test]
