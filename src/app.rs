@@ -462,6 +462,13 @@ pub fn start_background(state: &AppState) -> Background {
                     }
                 }
             }
+            match st.store().refresh_statistics().await {
+                Ok(t) if !t.is_empty() => {
+                    tracing::debug!(tables = ?t, "store statistics refreshed")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot refresh the store's statistics"),
+            }
             maintain_index(&st, &s).await;
         }
     });

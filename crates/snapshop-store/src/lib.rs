@@ -168,6 +168,15 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     /// Deletes every embedding not made by `keep` (after a model switch). Returns the count.
     async fn drop_other_versions(&self, keep: &str) -> Result<u64>;
+
+    // ---- upkeep ----------------------------------------------------------------------------
+
+    /// Brings the query planner's statistics up to date where the catalogue has changed since
+    /// they were taken, and returns the tables it analysed. The background task calls it every
+    /// maintenance interval. A store whose plans do not depend on statistics does nothing.
+    async fn refresh_statistics(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Encodes a vector as the stored BLOB: its values as little-endian `f32`, in order.

@@ -467,6 +467,19 @@ fn filter_sql(filter: &PurgeFilter, first: usize) -> String {
         .collect()
 }
 
+/// The tables whose statistics `refresh_statistics` keeps current: every one the catalogue's
+/// queries join or filter on.
+const ANALYZED_TABLES: [&str; 5] = [
+    "products",
+    "product_tags",
+    "images",
+    "embeddings",
+    "catalog_changes",
+];
+
+/// The advisory lock that lets one process at a time (of several replicas) analyse.
+const ANALYZE_LOCK: i64 = 0x736e_6170_616e_6c7a; // "snapanlz"
+
 #[async_trait::async_trait]
 impl CatalogStore for PostgresStore {
     fn backend(&self) -> &'static str {
@@ -995,6 +1008,39 @@ impl CatalogStore for PostgresStore {
         }
         tx.commit().await?;
         Ok(written)
+    }
+
+    /// ANALYZE each catalogue table with more row changes since its last analysis than
+    /// autovacuum's default trigger (50 + 10 % of its rows). Where autovacuum runs, it has
+    /// usually done so already and this finds nothing; where it is off (the dev VM's server),
+    /// nothing else would, and without statistics `= ANY($1)` over a few hundred ids is
+    /// estimated to match every row: the change feed's several-product read then scanned every
+    /// embedding (1.0-1.6 s at 60-90k images, docs/performance.md).
+    async fn refresh_statistics(&self) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(ANALYZE_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !mine {
+            return Ok(Vec::new()); // another replica is at it
+        }
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT relname::text FROM pg_stat_user_tables \
+             WHERE schemaname = current_schema() AND relname = ANY($1) \
+               AND n_mod_since_analyze > 50 + 0.1 * n_live_tup ORDER BY relname",
+        )
+        .bind(&ANALYZED_TABLES[..])
+        .fetch_all(&mut *tx)
+        .await?;
+        for table in &stale {
+            // The names come from ANALYZED_TABLES, never from input.
+            sqlx::query(&format!("ANALYZE {table}"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(stale)
     }
 
     async fn drop_other_versions(&self, keep: &str) -> Result<u64> {
@@ -1581,6 +1627,46 @@ mod tests {
                         .unwrap();
                     assert_eq!(mode, "force_custom_plan");
                 }
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn statistics_are_refreshed_where_the_catalogue_changed() {
+        on_fresh_db(
+            "statistics_are_refreshed_where_the_catalogue_changed",
+            |s, _| async move {
+                // No autovacuum may get there first in this test, whatever the server's setting.
+                sqlx::query("ALTER TABLE catalog_changes SET (autovacuum_enabled = false)")
+                    .execute(&s.pool)
+                    .await
+                    .unwrap();
+                let mut conn = s.pool.acquire().await.unwrap();
+                for pid in 0..200 {
+                    record_in(&mut conn, pid).await;
+                }
+                // Statistics reach the shared counters asynchronously; flush them now.
+                sqlx::query("SELECT pg_stat_force_next_flush()")
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+                drop(conn);
+                let reltuples = |s: PostgresStore| async move {
+                    sqlx::query_scalar::<_, f32>(
+                        "SELECT reltuples FROM pg_class WHERE relname = 'catalog_changes'",
+                    )
+                    .fetch_one(&s.pool)
+                    .await
+                    .unwrap()
+                };
+                assert!(reltuples(s.clone()).await < 0.0, "never analysed yet");
+                let analysed = s.refresh_statistics().await.unwrap();
+                assert!(
+                    analysed.iter().any(|t| t == "catalog_changes"),
+                    "{analysed:?}"
+                );
+                assert_eq!(reltuples(s.clone()).await, 200.0);
             },
         )
         .await;
