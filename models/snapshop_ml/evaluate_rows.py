@@ -54,14 +54,17 @@ def rel(p: Path) -> str:
 
 
 def evaluate_benchmark(run: Path, manifest: Path, splits, cache_dir: Path | None,
-                       input_size: int | None = None, jpeg_draft: int = 0) -> dict:
-    """Every row whose checkpoint is in `run`, plus the pretrained row; with no checkpoint at
-    all, only the pretrained row at `input_size` (an error without one)."""
+                       input_size: int | None = None, jpeg_draft: int = 0, only: tuple[str, ...] | None = None,
+                       rerank: bool = True) -> dict:
+    """Every row whose checkpoint is in `run` (or the rows named in `only`), plus the pretrained
+    row; with no checkpoint at all, only the pretrained row at `input_size` (an error without
+    one). `rerank=False` gives the CtxYNet rows their first pass alone, under the row's name."""
     ds = load_dataset(manifest)
     sets = {s: EvalSet.from_records(ds.subset(s, "user"), ds.subset(s, "shop")) for s in splits}
     sets = {s: es for s, es in sets.items() if es.query_paths and es.gallery_paths}
     models = {}
-    for name, file, _, _ in ROWS:
+    rows_wanted = [r for r in ROWS if only is None or r[0] in only]
+    for name, file, _, _ in rows_wanted:
         if (run / file).is_file():
             models[name] = load_checkpoint(run / file)
         else:
@@ -78,14 +81,14 @@ def evaluate_benchmark(run: Path, manifest: Path, splits, cache_dir: Path | None
         g = pretrained_embeddings(top, es.gallery_paths, stem)
         rows.setdefault("pretrained", {})[s] = p_at_k((q @ g.T).double().numpy(), es.query_products,
                                                       es.gallery_products)
-    for name, _, tagged, rerank in ROWS:
+    for name, _, tagged, row_reranks in rows_wanted:
         if name not in models:
             continue
         model, vocab = models[name]
         for s, es in sets.items():
             t0 = time.time()
-            r = evaluate_model(model, es, stem, False, vocab if tagged else None, rerank)
-            if rerank:
+            r = evaluate_model(model, es, stem, False, vocab if tagged else None, rerank and row_reranks)
+            if rerank and row_reranks:
                 rows.setdefault(name, {})[s] = r["rerank"]
                 rows.setdefault(f"{name} first pass", {})[s] = r["first_pass"]
             else:

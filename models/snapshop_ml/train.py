@@ -66,7 +66,7 @@ class TrainConfig:
     # `preprocess.jpeg_draft(_factor)`, so the service decodes a 12 MP photo at 1/4 scale and
     # sees the pixels the model was trained on.
     jpeg_draft: int = DRAFT_FACTOR
-    # Issue 7 part 2, the tools against forgetting (all off by default; docs/results.md has the
+    # Issue 7 part 2, the tools against forgetting (all off by default; docs/forgetting.md has the
     # ablation that decided which the shipped bundle uses):
     # - `distill` > 0: "learning without forgetting", a similarity-preserving distillation term
     #   (Tung & Mori 2019) on the train-split images of `distill_data` (a real-photo manifest):
@@ -172,13 +172,17 @@ def set_trainable(model: YNet, trainable: list) -> None:
         p.requires_grad_(id(p) in ids)
 
 
-def start_stage(model: YNet, backbone: list, attention: list, cfg: TrainConfig, steps: int):
+def start_stage(model: YNet, backbone: list, attention: list, cfg: TrainConfig, steps: int, slow: list = ()):
     """Freeze everything but `backbone` + `attention`, and give the zero-initialised attention
-    parameters their own learning rate and no weight decay."""
+    parameters their own learning rate and no weight decay; the parameters of `backbone` that
+    are in `slow` train at `cfg.backbone_lr_scale` times the learning rate."""
     set_trainable(model, backbone + attention)
     model.train()
     set_bn_eval(model)
-    groups = [{"params": backbone}]
+    slow_ids = {id(p) for p in slow}
+    groups = [{"params": [p for p in backbone if id(p) not in slow_ids]}]
+    if slow:
+        groups.append({"params": list(slow), "lr": cfg.lr * cfg.backbone_lr_scale})
     if attention:
         groups.append({"params": attention, "lr": cfg.attention_lr, "weight_decay": 0.0})
     return make_optimizer(groups, cfg, steps)
@@ -206,12 +210,8 @@ def train_ynet(model: YNet, stem: ActivationCache, sampler: Sampler, cfg: TrainC
                distiller: Distiller | None = None) -> None:
     shared_top = model.shared[FROZEN_STEM_BLOCKS:]
     trainable = params_of(shared_top, model.shop_top, model.user_top, model.shop_proj, model.user_proj)
-    opt, sched = start_stage(model, trainable, [], cfg, cfg.steps_ynet)
-    if cfg.backbone_lr_scale != 1.0:  # subnetwork I's fine-tuned blocks get their own group
-        top_ids = {id(p) for p in shared_top.parameters()}
-        rest = [p for p in trainable if id(p) not in top_ids]
-        opt, sched = make_optimizer([{"params": list(shared_top.parameters()), "lr": cfg.lr * cfg.backbone_lr_scale},
-                                     {"params": rest}], cfg, cfg.steps_ynet)
+    slow = list(shared_top.parameters()) if cfg.backbone_lr_scale != 1.0 else []
+    opt, sched = start_stage(model, trainable, [], cfg, cfg.steps_ynet, slow)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
 
     def step():
@@ -352,8 +352,9 @@ def train(cfg: TrainConfig) -> dict:
     log.info("config %s", json.dumps(asdict(cfg)))
     log.info("vocabulary (%d): %s", len(vocab), " ".join(vocab))
 
-    real_users, real_shops = real_train_records(cfg.real_data)
-    distill_paths = sorted({str(r.path) for r in sum(real_train_records(cfg.distill_data), [])}) if cfg.distill else []
+    real = {m: real_train_records(m) for m in {cfg.real_data, cfg.distill_data if cfg.distill else ""} if m}
+    real_users, real_shops = real.get(cfg.real_data, ([], []))
+    distill_paths = sorted({str(r.path) for rs in real.get(cfg.distill_data, ()) for r in rs}) if cfg.distill else []
     if cfg.distill and not distill_paths:
         raise TrainingError("--distill needs --distill-data with a train split of images")
     all_paths = [str(r.path) for r in ds.records + real_users + real_shops] + distill_paths

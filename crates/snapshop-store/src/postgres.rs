@@ -119,7 +119,8 @@ impl PostgresStore {
                     // and where autovacuum is off (as on the dev VM) it was never replaced:
                     // `snapshop bench --catalogue 100000` on Postgres fell from ~480 to 133
                     // writes/s by 46k images, and one `ANALYZE` put it back at 742
-                    // (docs/performance.md). Planning costs well under a millisecond here.
+                    // (docs/performance.md). EXPLAIN ANALYZE put the planning of the hot
+                    // read-back at 0.1-0.6 ms on that catalogue.
                     .options([("plan_cache_mode", "force_custom_plan")]),
             )
             .await?;
@@ -1013,9 +1014,9 @@ impl CatalogStore for PostgresStore {
     /// ANALYZE each catalogue table with more row changes since its last analysis than
     /// autovacuum's default trigger (50 + 10 % of its rows). Where autovacuum runs, it has
     /// usually done so already and this finds nothing; where it is off (the dev VM's server),
-    /// nothing else would, and without statistics `= ANY($1)` over a few hundred ids is
-    /// estimated to match every row: the change feed's several-product read then scanned every
-    /// embedding (1.0-1.6 s at 60-90k images, docs/performance.md).
+    /// nothing else would. Without statistics the change feed's several-product read
+    /// (`= ANY($1)` over a few hundred ids) took 1.0-1.6 s at 60-90k images, and none was slow
+    /// with them (docs/performance.md; the plan of a slow one was not captured).
     async fn refresh_statistics(&self) -> Result<Vec<String>> {
         let mut tx = self.pool.begin().await?;
         let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
